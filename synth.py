@@ -1,0 +1,919 @@
+"""
+synth.py -- the embedded benchmark: procedural text-motion clips in HumanML3D's exact format.
+
+The paper measures alignment on HumanML3D (Sec. 5.1). It cannot be shipped, so this file writes a
+stand-in that a compact generator does *not* solve perfectly: 17 parameterised primitives (walk,
+run, circle, turn, spin, jump, hop, squat, sit, wave, raise, kick, punch, clap, bow, balance, stand)
+whose attributes change the motion (left vs right, direction, speed, count, angle), composed 1-3 per
+clip with blended transitions, each clip described by 3-4 paraphrases and mirrored left-right.
+
+How a clip is made:
+  1. sample 1-3 primitives and their parameters; each returns per-frame joint angles E (n, 22, 3)
+     as (flexion X, abduction Z, twist Y) in radians, a yaw rate, and an airborne lift;
+  2. cross-fade the segments over 0.3-0.5 s and add per-clip style (tempo, amplitude, posture);
+  3. forward kinematics on the 22-joint skeleton (data.T2M_BONE_OFFSETS, scipy rotations);
+  4. ground contact: each frame's lowest foot joint is put on the floor (plus the lift in a jump),
+     and the lowest foot is held in place while the root moves (no foot sliding, no sinking);
+  5. data.features_from_joints turns the joints into the 263-d features; the mirror is the same
+     joints reflected (data.mirror_joints) with left/right swapped in the captions.
+
+Run:  python data.py synth --out data/synth --motions 1600 --seed 0
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+from tqdm import tqdm
+
+import data
+
+FPS = 20
+J = 22
+X, Z, Y = 0, 1, 2                # columns of E: flexion about X, abduction about Z, twist about Y
+L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = 1, 2, 4, 5, 7, 8
+SPINE = (3, 6, 9)
+NECK, HEAD = 12, 15
+L_SH, R_SH, L_EL, R_EL = 16, 17, 18, 19
+FOOT_JOINTS = [7, 8, 10, 11]
+LIMB = {"left": {"hip": L_HIP, "knee": L_KNEE, "ankle": L_ANKLE, "sh": L_SH, "el": L_EL, "sign": 1.0},
+        "right": {"hip": R_HIP, "knee": R_KNEE, "ankle": R_ANKLE, "sh": R_SH, "el": R_EL, "sign": -1.0}}
+OTHER = {"left": "right", "right": "left"}
+rad = np.radians
+
+# -----------------------------------------------------------------------------
+# Joint-angle helpers. Angles are anatomical and positive: flex = forward / bend, abd = outward.
+
+
+def flex(E, joint, deg, sign=1.0):
+    """hip/shoulder/elbow/ankle(dorsi) flexion is -X; knee and spine flexion are +X."""
+    s = 1.0 if joint in (L_KNEE, R_KNEE) + SPINE + (NECK, HEAD) else -1.0
+    E[:, joint, X] += s * sign * rad(deg)
+
+
+def abduct(E, side, joint, deg):
+    E[:, joint, Z] += LIMB[side]["sign"] * rad(deg)
+
+
+def flat_foot(E, side, amount=1.0):
+    """Ankle angle that keeps the foot parallel to the floor (pelvis upright)."""
+    leg = LIMB[side]
+    E[:, leg["ankle"], X] = -amount * (E[:, leg["hip"], X] + E[:, leg["knee"], X])
+
+
+def env(n, rise=0.3, fall=0.3, hold_from=None):
+    """Smooth 0 -> 1 -> 0 envelope over n frames with rise/fall times in seconds."""
+    t = np.arange(n) / FPS
+    up = np.clip(t / max(rise, 1e-3), 0, 1)
+    down = np.clip((t[-1] - t) / max(fall, 1e-3), 0, 1)
+    s = lambda u: u * u * (3 - 2 * u)  # noqa: E731  smoothstep
+    return s(np.minimum(up, down))
+
+
+def bumps(n, count, width=0.5):
+    """`count` smooth bumps 0 -> 1 -> 0 evenly spaced over n frames; width = fraction of each slot."""
+    out = np.zeros(n)
+    slot = n / count
+    for k in range(count):
+        a, b = int(k * slot + slot * (1 - width) / 2), int(k * slot + slot * (1 + width) / 2)
+        if b > a:
+            out[a:b] = np.sin(np.linspace(0, np.pi, b - a)) ** 2
+    return out
+
+
+class Segment:
+    """What a primitive returns: joint angles E (n, 22, 3), yaw rate (rad/frame), airborne lift (m),
+    a push (m/s, body frame) used only while airborne, and which joints it owns (for overlays)."""
+
+    def __init__(self, n, style):
+        self.n = n
+        self.E = np.repeat(style["neutral"][None], n, 0).copy()
+        self.yaw_rate = np.zeros(n)
+        self.lift = np.zeros(n)
+        self.push = np.zeros((n, 2))
+
+
+# -----------------------------------------------------------------------------
+# The primitives. Each: sample(rng) -> params, make(params, style, rng) -> Segment,
+# phrases(params) -> [(verb, rest)] where rest may hold {pos} and <verb> placeholders.
+
+COUNT_ADV = {1: ["", "once"], 2: ["twice", "two times"], 3: ["three times"]}
+COUNT_NUM = {1: "a", 2: "two", 3: "three"}
+SPEED_ADV = {"slow": ["slowly", "at a slow pace"], "normal": [""], "fast": ["quickly", "fast", "briskly"]}
+
+
+def _seconds(rng, lo, hi, style):
+    return int(round(rng.uniform(lo, hi) * style["tempo"] * FPS))
+
+
+def gait(seg, f, hip_amp, knee_amp, arm_amp, elbow, lean, t0=0.0):
+    """Walking / running legs and arms; phase of the left leg = 2 pi f t."""
+    t = np.arange(seg.n) / FPS + t0
+    phi = 2 * np.pi * f * t
+    for side, shift in (("left", 0.0), ("right", np.pi)):
+        leg, ph = LIMB[side], phi + shift
+        seg.E[:, leg["hip"], X] += -rad(hip_amp) * np.sin(ph)                     # + = leg forward
+        seg.E[:, leg["knee"], X] += rad(5 + knee_amp * np.clip(np.cos(ph), 0, 1) ** 1.5)
+        flat_foot(seg.E, side, 0.6)
+        seg.E[:, leg["sh"], X] += rad(arm_amp) * np.sin(ph)                       # arm swings opposite
+        seg.E[:, leg["el"], X] += -rad(elbow)
+    for j in SPINE:
+        seg.E[:, j, X] += rad(lean / 3)
+
+
+class Walk:
+    name, weight = "walk", 3.0
+
+    def sample(self, rng):
+        return {"dir": rng.choice(["forward", "forward", "backward", "left", "right"]),
+                "speed": rng.choice(["slow", "normal", "normal", "fast"])}
+
+    def make(self, p, style, rng):
+        f = {"slow": 0.65, "normal": 0.9, "fast": 1.15}[p["speed"]] / style["tempo"]
+        amp = {"slow": 16, "normal": 24, "fast": 30}[p["speed"]] * style["amp"]
+        seg = Segment(_seconds(rng, 1.6, 3.2, style), style)
+        if p["dir"] in ("forward", "backward"):
+            gait(seg, f, amp, 40 + amp, 0.6 * amp, 15, 3, rng.uniform(0, 1 / f))
+            if p["dir"] == "backward":
+                seg.E = seg.E[::-1].copy()                                       # the cycle played backwards
+        else:                                                                    # side steps towards p["dir"]
+            lead, trail = p["dir"], OTHER[p["dir"]]
+            t = np.arange(seg.n) / FPS
+            a = rad(0.5 * amp) * (1 - np.cos(2 * np.pi * f * t)) / 2            # both hips open, then close
+            lift = np.sin(2 * np.pi * f * t)
+            abduct(seg.E, lead, LIMB[lead]["hip"], np.degrees(a))
+            abduct(seg.E, trail, LIMB[trail]["hip"], np.degrees(a))
+            seg.E[:, LIMB[lead]["knee"], X] += rad(35) * np.clip(lift, 0, 1)
+            seg.E[:, LIMB[trail]["knee"], X] += rad(35) * np.clip(-lift, 0, 1)
+            for side in ("left", "right"):
+                seg.E[:, LIMB[side]["hip"], X] += -0.5 * seg.E[:, LIMB[side]["knee"], X]
+                flat_foot(seg.E, side)
+        return seg
+
+    def phrases(self, p):
+        adv = SPEED_ADV[p["speed"]]
+        if p["dir"] == "forward":
+            out = [("walk", f"forward {a}") for a in adv] + [("walk", f"{a} forward") for a in adv] + \
+                  [("walk", f"straight ahead {adv[0]}"), ("take", f"a few steps forward {adv[-1]}")]
+            out += [("stroll", "forward")] if p["speed"] == "slow" else []
+            out += [("hurry", "forward")] if p["speed"] == "fast" else []
+            return out
+        if p["dir"] == "backward":
+            return [("walk", f"backward {a}") for a in adv] + [("walk", f"backwards {adv[-1]}"),
+                    ("step", f"back {adv[0]}"), ("take", f"a few steps backward {adv[-1]}"),
+                    ("move", f"backwards {adv[0]}")]
+        d = p["dir"]
+        return [("walk", f"to the {d} {adv[0]}"), ("sidestep", f"to the {d} {adv[-1]}"),
+                ("step", f"sideways to the {d}"), ("shuffle", f"to the {d}"), ("move", f"sideways to the {d}")]
+
+
+class Run:
+    name, weight = "run", 1.5
+
+    def sample(self, rng):
+        return {"speed": rng.choice(["jog", "run", "sprint"])}
+
+    def make(self, p, style, rng):
+        f = {"jog": 1.25, "run": 1.4, "sprint": 1.6}[p["speed"]] / style["tempo"]
+        amp = {"jog": 28, "run": 35, "sprint": 42}[p["speed"]] * style["amp"]
+        seg = Segment(_seconds(rng, 1.4, 2.8, style), style)
+        gait(seg, f, amp, 60 + amp, 1.1 * amp, 80, 8 + amp / 4, rng.uniform(0, 1 / f))
+        t = np.arange(seg.n) / FPS
+        seg.lift = 0.04 * amp / 30 * np.clip(-np.cos(4 * np.pi * f * t), 0, 1) ** 2 * env(seg.n, 0.4, 0.3)
+        return seg
+
+    def phrases(self, p):
+        return {"jog": [("jog", "forward"), ("jog", ""), ("run", "slowly forward"), ("jog", "ahead")],
+                "run": [("run", "forward"), ("run", ""), ("run", "ahead"), ("run", "straight forward")],
+                "sprint": [("sprint", "forward"), ("run", "forward fast"), ("run", "quickly forward"),
+                           ("dash", "forward")]}[p["speed"]]
+
+
+class Circle:
+    name, weight = "circle", 1.0
+
+    def sample(self, rng):
+        return {"dir": rng.choice(["clockwise", "counterclockwise"])}
+
+    def make(self, p, style, rng):
+        seg = Segment(_seconds(rng, 3.2, 4.4, style), style)
+        gait(seg, 0.95 / style["tempo"], 22 * style["amp"], 60, 13, 15, 3)
+        sign = -1.0 if p["dir"] == "clockwise" else 1.0                         # clockwise = turning right
+        seg.yaw_rate[:] = sign * 2 * np.pi * rng.uniform(0.8, 1.0) / seg.n
+        return seg
+
+    def phrases(self, p):
+        d = p["dir"]
+        return [("walk", f"in a circle {d}"), ("walk", f"{d} in a circle"), ("walk", f"around in a {d} circle"),
+                ("walk", f"in a {d} circle")]
+
+
+def stepping(seg, f=1.3, knee=30):
+    """Small alternating knee lifts: stepping in place while turning."""
+    t = np.arange(seg.n) / FPS
+    w = env(seg.n, 0.2, 0.2)
+    for side, shift in (("left", 0.0), ("right", np.pi)):
+        k = rad(knee) * np.clip(np.sin(2 * np.pi * f * t + shift), 0, 1) * w
+        seg.E[:, LIMB[side]["knee"], X] += k
+        seg.E[:, LIMB[side]["hip"], X] += -0.6 * k
+        flat_foot(seg.E, side)
+
+
+class Turn:
+    name, weight = "turn", 1.5
+
+    def sample(self, rng):
+        return {"side": rng.choice(["left", "right"]), "angle": int(rng.choice([90, 180]))}
+
+    def make(self, p, style, rng):
+        seg = Segment(_seconds(rng, 1.0, 1.6, style) + (8 if p["angle"] == 180 else 0), style)
+        sign = 1.0 if p["side"] == "left" else -1.0                              # + yaw turns towards +X (left)
+        w = env(seg.n, 0.45, 0.45)
+        seg.yaw_rate = sign * rad(p["angle"]) * w / w.sum()
+        stepping(seg)
+        return seg
+
+    def phrases(self, p):
+        s = p["side"]
+        if p["angle"] == 90:
+            return [("turn", s), ("turn", f"to the {s}"), ("turn", f"to {{pos}} {s}"), ("make", f"a {s} turn"),
+                    ("rotate", f"to the {s}"), ("turn", f"ninety degrees to the {s}")]
+        return [("turn", "around"), ("turn", "all the way around"), ("turn", f"around to the {s}"),
+                ("make", "a half turn"), ("turn", "to face the other way"), ("turn", "back the other way")]
+
+
+class Spin:
+    name, weight = "spin", 0.7
+
+    def sample(self, rng):
+        return {"side": rng.choice(["left", "right"])}
+
+    def make(self, p, style, rng):
+        seg = Segment(_seconds(rng, 1.4, 2.0, style), style)
+        w = env(seg.n, 0.3, 0.3)
+        seg.yaw_rate = (1.0 if p["side"] == "left" else -1.0) * 2 * np.pi * w / w.sum()
+        stepping(seg, 1.8, 25)
+        for side in ("left", "right"):
+            abduct(seg.E, side, LIMB[side]["sh"], 35 * w)
+        return seg
+
+    def phrases(self, p):
+        s = p["side"]
+        return [("spin", "around"), ("spin", f"around to the {s}"), ("spin", "in a full circle"),
+                ("turn", f"a full circle to the {s}"), ("do", "a full turn"), ("spin", f"once to the {s}")]
+
+
+def crouch_extend(seg, a, b, depth):
+    """Knees and hips bend to `depth` over frames [a, b) and straighten again (feet flat)."""
+    n = b - a
+    if n <= 1:
+        return
+    w = np.zeros(seg.n)
+    w[a:b] = np.sin(np.linspace(0, np.pi, n)) ** 2
+    for side in ("left", "right"):
+        seg.E[:, LIMB[side]["knee"], X] += rad(depth) * w
+        seg.E[:, LIMB[side]["hip"], X] += -rad(0.8 * depth) * w
+        flat_foot(seg.E, side)
+    for j in SPINE:
+        seg.E[:, j, X] += rad(depth / 9) * w
+
+
+class Jump:
+    name, weight = "jump", 1.5
+
+    def sample(self, rng):
+        return {"count": int(rng.choice([1, 2, 3])), "forward": bool(rng.random() < 0.4)}
+
+    def make(self, p, style, rng):
+        per = int(round(rng.uniform(0.9, 1.15) * style["tempo"] * FPS))
+        seg = Segment(per * p["count"] + 4, style)
+        height = rng.uniform(0.18, 0.32) * style["amp"]
+        for k in range(p["count"]):
+            a = 2 + k * per
+            crouch_extend(seg, a, a + int(0.45 * per), 55 * style["amp"])       # take-off crouch
+            fa, fb = a + int(0.42 * per), a + int(0.72 * per)                    # flight
+            u = np.linspace(0, 1, fb - fa)
+            seg.lift[fa:fb] = 4 * height * u * (1 - u)
+            crouch_extend(seg, fb - 1, min(a + per + 2, seg.n), 40 * style["amp"])  # landing
+            arm = np.zeros(seg.n)
+            arm[a:a + per] = np.sin(np.linspace(0, 2 * np.pi, per))
+            for side in ("left", "right"):
+                seg.E[:, LIMB[side]["sh"], X] += rad(50) * arm                   # arms back, then up
+            if p["forward"]:
+                seg.push[fa:fb, 1] = rng.uniform(1.1, 1.7)
+        return seg
+
+    def phrases(self, p):
+        c, adv = p["count"], COUNT_ADV[p["count"]]
+        jumps = "jump" if c == 1 else "jumps"
+        if p["forward"]:
+            return [("jump", f"forward {a}") for a in adv] + [("leap", f"forward {adv[-1]}"),
+                    ("jump", f"ahead {adv[0]}"), ("do", f"{COUNT_NUM[c]} forward {jumps}")]
+        return [("jump", f"{a}") for a in adv] + [("jump", f"up and down {adv[-1]}"),
+                ("jump", f"in place {adv[0]}"), ("do", f"{COUNT_NUM[c]} {jumps} in place")]
+
+
+class Hop:
+    name, weight = "hop", 0.7
+
+    def sample(self, rng):
+        return {"side": rng.choice(["left", "right"]), "count": int(rng.choice([2, 3]))}
+
+    def make(self, p, style, rng):
+        per = int(round(rng.uniform(0.5, 0.65) * style["tempo"] * FPS))
+        seg = Segment(per * p["count"] + 16, style)
+        w = env(seg.n, 0.35, 0.35)
+        free = LIMB[OTHER[p["side"]]]
+        seg.E[:, free["knee"], X] += rad(75) * w
+        seg.E[:, free["hip"], X] += -rad(25) * w
+        for side in ("left", "right"):
+            abduct(seg.E, side, LIMB[side]["sh"], 30 * w)
+        for k in range(p["count"]):
+            a = 8 + k * per
+            stance = LIMB[p["side"]]
+            bend = np.zeros(seg.n)
+            bend[a:a + per] = np.sin(np.linspace(0, 2 * np.pi, per)) ** 2
+            seg.E[:, stance["knee"], X] += rad(25) * bend
+            seg.E[:, stance["hip"], X] += -rad(20) * bend
+            fa, fb = a + int(0.35 * per), a + int(0.7 * per)
+            u = np.linspace(0, 1, fb - fa)
+            seg.lift[fa:fb] = 4 * 0.09 * u * (1 - u)
+        flat_foot(seg.E, p["side"])
+        return seg
+
+    def phrases(self, p):
+        s, adv = p["side"], COUNT_ADV[p["count"]]
+        return [("hop", f"on {{pos}} {s} leg {adv[0]}"), ("hop", f"on the {s} foot {adv[-1]}"),
+                ("hop", f"{adv[0]} on {{pos}} {s} foot"), ("jump", f"on {{pos}} {s} leg {adv[-1]}")]
+
+
+class Squat:
+    name, weight = "squat", 1.2
+
+    def sample(self, rng):
+        return {"count": int(rng.choice([1, 2, 3]))}
+
+    def make(self, p, style, rng):
+        per = int(round(rng.uniform(1.1, 1.6) * style["tempo"] * FPS))
+        seg = Segment(per * p["count"] + 4, style)
+        depth = rng.uniform(85, 110) * style["amp"]
+        for k in range(p["count"]):
+            a = 2 + k * per
+            crouch_extend(seg, a, a + per, depth)
+        w = bumps(seg.n, p["count"], 0.9)
+        for side in ("left", "right"):
+            seg.E[:, LIMB[side]["sh"], X] += -rad(70) * w                         # arms forward for balance
+        return seg
+
+    def phrases(self, p):
+        c, adv = p["count"], COUNT_ADV[p["count"]]
+        squats = "squat" if c == 1 else "squats"
+        return [("squat", f"down {a}") for a in adv] + [("squat", f"{adv[-1]}"), ("crouch", f"down {adv[0]}"),
+                ("do", f"{COUNT_NUM[c]} {squats}")]
+
+
+class Sit:
+    name, weight = "sit", 1.0
+
+    def sample(self, rng):
+        return {"stand_up": bool(rng.random() < 0.5)}
+
+    def make(self, p, style, rng):
+        down = _seconds(rng, 1.3, 1.8, style)
+        hold = _seconds(rng, 0.6, 1.4, style)
+        up = _seconds(rng, 1.2, 1.6, style) if p["stand_up"] else 0
+        seg = Segment(down + hold + up, style)
+        s = lambda u: u * u * (3 - 2 * u)  # noqa: E731
+        depth = np.concatenate([s(np.linspace(0, 1, down)), np.ones(hold), s(np.linspace(1, 0, up))])
+        lean = np.concatenate([np.sin(np.linspace(0, np.pi, down)), np.zeros(hold), np.sin(np.linspace(0, np.pi, up))])
+        for side in ("left", "right"):
+            seg.E[:, LIMB[side]["knee"], X] += rad(88) * depth
+            seg.E[:, LIMB[side]["hip"], X] += -rad(88) * depth
+            flat_foot(seg.E, side)
+            seg.E[:, LIMB[side]["sh"], X] += -rad(30) * depth
+            seg.E[:, LIMB[side]["el"], X] += -rad(50) * depth
+        for j in SPINE:
+            seg.E[:, j, X] += rad(10) * lean + rad(2) * depth
+        return seg
+
+    def phrases(self, p):
+        if p["stand_up"]:
+            return [("sit", "down and <stand> back up"), ("sit", "down then <stand> up again"),
+                    ("sit", "on a chair and <get> up"), ("take", "a seat and <stand> up")]
+        return [("sit", "down"), ("sit", "down on a chair"), ("take", "a seat"), ("sit", "down on something")]
+
+
+def arm_up(seg, side, w, how):
+    """Raise one arm: 'up' overhead, 'forward' to shoulder height in front, 'side' out to the side."""
+    if how == "up":
+        seg.E[:, LIMB[side]["sh"], X] += -rad(165) * w
+    elif how == "forward":
+        seg.E[:, LIMB[side]["sh"], X] += -rad(88) * w
+    else:
+        seg.E[:, LIMB[side]["sh"], Z] += LIMB[side]["sign"] * rad(85) * w
+    seg.E[:, LIMB[side]["el"], X] *= 1 - w                                       # straighten the elbow
+
+
+class Wave:
+    name, weight, upper = "wave", 1.5, True
+
+    def sample(self, rng):
+        return {"side": rng.choice(["left", "right", "left", "right", "both"])}
+
+    def make(self, p, style, rng, n=None):
+        seg = Segment(n or _seconds(rng, 1.8, 3.0, style), style)
+        w = env(seg.n, 0.45, 0.45)
+        t = np.arange(seg.n) / FPS
+        osc = np.sin(2 * np.pi * rng.uniform(1.6, 2.4) * t) * w
+        for side in (["left", "right"] if p["side"] == "both" else [p["side"]]):
+            sh, el, sign = LIMB[side]["sh"], LIMB[side]["el"], LIMB[side]["sign"]
+            seg.E[:, sh, Z] += sign * rad(140) * w
+            seg.E[:, el, X] += -rad(35) * w
+            seg.E[:, el, Z] += sign * rad(30) * osc                              # the hand waves side to side
+            seg.E[:, sh, Z] += sign * rad(8) * osc
+        return seg
+
+    def phrases(self, p):
+        if p["side"] == "both":
+            return [("wave", "both hands"), ("wave", "with both arms"), ("wave", "both arms in the air"),
+                    ("raise", "both hands and <wave>")]
+        s = p["side"]
+        return [("wave", f"{{pos}} {s} hand"), ("wave", f"with {{pos}} {s} hand"), ("wave", f"with {{pos}} {s} arm"),
+                ("raise", f"{{pos}} {s} hand and <wave>"), ("wave", f"hello with {{pos}} {s} hand")]
+
+
+class Raise:
+    name, weight, upper = "raise", 1.3, True
+
+    def sample(self, rng):
+        return {"side": rng.choice(["left", "right", "both"]), "how": rng.choice(["up", "up", "forward", "side"])}
+
+    def make(self, p, style, rng, n=None):
+        seg = Segment(n or _seconds(rng, 1.6, 2.8, style), style)
+        w = env(seg.n, 0.5, 0.5)
+        for side in (["left", "right"] if p["side"] == "both" else [p["side"]]):
+            arm_up(seg, side, w, p["how"])
+        return seg
+
+    def phrases(self, p):
+        s, how = p["side"], p["how"]
+        if p["side"] == "both":
+            return {"up": [("raise", "both arms up"), ("raise", "both hands above {pos} head"), ("put", "{pos} hands up"),
+                           ("lift", "both arms into the air")],
+                    "forward": [("hold", "both arms out in front"), ("raise", "both arms forward"),
+                                ("stretch", "both arms out in front")],
+                    "side": [("hold", "{pos} arms out to the sides"), ("spread", "{pos} arms wide"),
+                             ("raise", "both arms out to the sides")]}[how]
+        return {"up": [("raise", f"{{pos}} {s} arm above {{pos}} head"), ("raise", f"{{pos}} {s} hand up"),
+                       ("lift", f"{{pos}} {s} arm up high"), ("put", f"{{pos}} {s} hand up")],
+                "forward": [("raise", f"{{pos}} {s} arm forward"), ("hold", f"{{pos}} {s} arm out in front"),
+                            ("stretch", f"{{pos}} {s} arm forward")],
+                "side": [("raise", f"{{pos}} {s} arm to the side"), ("hold", f"{{pos}} {s} arm out to the side"),
+                         ("lift", f"{{pos}} {s} arm out sideways")]}[how]
+
+
+class Kick:
+    name, weight = "kick", 1.3
+
+    def sample(self, rng):
+        return {"side": rng.choice(["left", "right"]), "count": int(rng.choice([1, 1, 2]))}
+
+    def make(self, p, style, rng):
+        per = int(round(rng.uniform(1.0, 1.3) * style["tempo"] * FPS))
+        seg = Segment(per * p["count"] + 4, style)
+        leg = LIMB[p["side"]]
+        height = rng.uniform(55, 80) * style["amp"]
+        for k in range(p["count"]):
+            a = 2 + k * per
+            u = np.linspace(0, 1, per)
+            hip = np.sin(np.pi * u) ** 2                                          # leg up, highest at u = 0.5
+            knee = np.where(u < 0.5, 70 * np.sin(2 * np.pi * u) ** 2,            # chamber, snap straight at
+                            30 * np.sin(2 * np.pi * (u - 0.5)) ** 2)              # the top, recoil
+            seg.E[a:a + per, leg["hip"], X] += -rad(height) * hip
+            seg.E[a:a + per, leg["knee"], X] += rad(knee)
+            for j in SPINE:
+                seg.E[a:a + per, j, X] += -rad(4) * hip
+            for side in ("left", "right"):
+                seg.E[a:a + per, LIMB[side]["sh"], Z] += LIMB[side]["sign"] * rad(25) * hip
+        flat_foot(seg.E, OTHER[p["side"]])
+        return seg
+
+    def phrases(self, p):
+        s, c, adv = p["side"], p["count"], COUNT_ADV[p["count"]]
+        kicks = "kick" if c == 1 else "kicks"
+        return [("kick", f"with {{pos}} {s} leg {adv[0]}"), ("kick", f"{{pos}} {s} foot forward {adv[-1]}"),
+                ("kick", f"forward with the {s} leg {adv[-1]}"), ("do", f"{COUNT_NUM[c]} {s} {kicks}")]
+
+
+class Punch:
+    name, weight = "punch", 1.2
+
+    def sample(self, rng):
+        return {"side": rng.choice(["left", "right"]), "count": int(rng.choice([1, 2, 3]))}
+
+    def make(self, p, style, rng):
+        per = int(round(rng.uniform(0.55, 0.8) * style["tempo"] * FPS))
+        seg = Segment(per * p["count"] + 16, style)
+        guard = env(seg.n, 0.35, 0.35)
+        for side in ("left", "right"):
+            seg.E[:, LIMB[side]["sh"], X] += -rad(35) * guard
+            seg.E[:, LIMB[side]["el"], X] += -rad(100) * guard
+        arm = LIMB[p["side"]]
+        for k in range(p["count"]):
+            a = 8 + k * per
+            hit = np.sin(np.linspace(0, np.pi, per)) ** 2
+            seg.E[a:a + per, arm["sh"], X] += -rad(50) * hit
+            seg.E[a:a + per, arm["el"], X] += rad(95) * hit                        # elbow snaps straight
+            for j in SPINE:
+                seg.E[a:a + per, j, Y] += -arm["sign"] * rad(6) * hit             # torso turns into it
+        return seg
+
+    def phrases(self, p):
+        s, c, adv = p["side"], p["count"], COUNT_ADV[p["count"]]
+        punches = "punch" if c == 1 else "punches"
+        return [("punch", f"with {{pos}} {s} hand {adv[0]}"), ("punch", f"forward with {{pos}} {s} fist {adv[-1]}"),
+                ("throw", f"{COUNT_NUM[c]} {punches} with {{pos}} {s} arm"), ("jab", f"with the {s} hand {adv[-1]}")]
+
+
+class Clap:
+    name, weight = "clap", 1.0
+
+    def sample(self, rng):
+        return {"count": int(rng.choice([1, 2, 3]))}
+
+    def make(self, p, style, rng):
+        per = int(round(rng.uniform(0.45, 0.6) * style["tempo"] * FPS))
+        seg = Segment(per * p["count"] + 20, style)
+        w = env(seg.n, 0.45, 0.45)
+        close = np.zeros(seg.n)
+        for k in range(p["count"]):
+            a = 10 + k * per
+            close[a:a + per] = np.sin(np.linspace(0, np.pi, per)) ** 2
+        for side in ("left", "right"):
+            seg.E[:, LIMB[side]["sh"], X] += -rad(70) * w
+            seg.E[:, LIMB[side]["el"], X] += -rad(40) * w
+            seg.E[:, LIMB[side]["sh"], Z] += LIMB[side]["sign"] * rad(30 - 38 * close) * w
+        return seg
+
+    def phrases(self, p):
+        adv = COUNT_ADV[p["count"]]
+        return [("clap", f"{{pos}} hands {a}") for a in adv] + [("clap", f"{adv[-1]}"),
+                ("clap", f"{{pos}} hands together {adv[0]}")]
+
+
+class Bow:
+    name, weight = "bow", 0.8
+
+    def sample(self, rng):
+        return {}
+
+    def make(self, p, style, rng):
+        seg = Segment(_seconds(rng, 1.8, 2.6, style), style)
+        w = env(seg.n, 0.7, 0.7)
+        depth = rng.uniform(50, 75) * style["amp"]
+        for j in SPINE:
+            seg.E[:, j, X] += rad(depth / 3) * w
+        for side in ("left", "right"):
+            seg.E[:, LIMB[side]["sh"], X] += -rad(0.8 * depth) * w                # arms keep hanging
+        return seg
+
+    def phrases(self, p):
+        return [("bow", ""), ("bow", "down"), ("bend", "forward at the waist"), ("take", "a bow"), ("bow", "forward")]
+
+
+class Balance:
+    name, weight = "balance", 0.7
+
+    def sample(self, rng):
+        return {"side": rng.choice(["left", "right"])}
+
+    def make(self, p, style, rng):
+        seg = Segment(_seconds(rng, 2.0, 3.0, style), style)
+        w = env(seg.n, 0.6, 0.6)
+        free = LIMB[OTHER[p["side"]]]
+        seg.E[:, free["hip"], X] += -rad(rng.uniform(70, 90)) * w
+        seg.E[:, free["knee"], X] += rad(90) * w
+        for side in ("left", "right"):
+            abduct(seg.E, side, LIMB[side]["sh"], 75 * w)
+        flat_foot(seg.E, p["side"])
+        return seg
+
+    def phrases(self, p):
+        s, o = p["side"], OTHER[p["side"]]
+        return [("balance", f"on {{pos}} {s} leg"), ("stand", f"on {{pos}} {s} foot"),
+                ("lift", f"{{pos}} {o} knee and <balance>"), ("balance", f"on the {s} leg with arms out")]
+
+
+class Stand:
+    name, weight = "stand", 0.6
+
+    def sample(self, rng):
+        return {}
+
+    def make(self, p, style, rng, n=None):
+        seg = Segment(n or _seconds(rng, 1.0, 2.0, style), style)
+        t = np.arange(seg.n) / FPS
+        for j in SPINE:
+            seg.E[:, j, X] += rad(1.5) * np.sin(2 * np.pi * 0.4 * t)
+        return seg
+
+    def phrases(self, p):
+        return [("stand", "still"), ("stand", "in place"), ("wait", ""), ("stand", "there"), ("stay", "still")]
+
+
+PRIMITIVES = [Walk(), Run(), Circle(), Turn(), Spin(), Jump(), Hop(), Squat(), Sit(), Wave(), Raise(), Kick(),
+              Punch(), Clap(), Bow(), Balance(), Stand()]
+BY_NAME = {p.name: p for p in PRIMITIVES}
+LOCOMOTION = ("walk", "circle")   # segments that can carry an upper-body overlay ("walks while waving")
+
+# -----------------------------------------------------------------------------
+# Words: inflection, part-of-speech tags (HumanML3D's spaCy-style 'lemma/POS' tokens), captions.
+
+VERBS = {  # lemma: (3rd person singular, -ing)
+    "walk": ("walks", "walking"), "run": ("runs", "running"), "jog": ("jogs", "jogging"),
+    "sprint": ("sprints", "sprinting"), "dash": ("dashes", "dashing"), "stroll": ("strolls", "strolling"),
+    "hurry": ("hurries", "hurrying"), "take": ("takes", "taking"), "step": ("steps", "stepping"),
+    "move": ("moves", "moving"), "sidestep": ("sidesteps", "sidestepping"), "shuffle": ("shuffles", "shuffling"),
+    "turn": ("turns", "turning"), "make": ("makes", "making"), "rotate": ("rotates", "rotating"),
+    "spin": ("spins", "spinning"), "do": ("does", "doing"), "jump": ("jumps", "jumping"), "leap": ("leaps", "leaping"),
+    "hop": ("hops", "hopping"), "squat": ("squats", "squatting"), "crouch": ("crouches", "crouching"),
+    "sit": ("sits", "sitting"), "stand": ("stands", "standing"), "get": ("gets", "getting"),
+    "wave": ("waves", "waving"), "raise": ("raises", "raising"), "lift": ("lifts", "lifting"),
+    "put": ("puts", "putting"), "hold": ("holds", "holding"), "stretch": ("stretches", "stretching"),
+    "spread": ("spreads", "spreading"), "kick": ("kicks", "kicking"), "punch": ("punches", "punching"),
+    "throw": ("throws", "throwing"), "jab": ("jabs", "jabbing"), "clap": ("claps", "clapping"),
+    "bow": ("bows", "bowing"), "bend": ("bends", "bending"), "balance": ("balances", "balancing"),
+    "wait": ("waits", "waiting"), "stay": ("stays", "staying"), "be": ("is", "being"),
+}
+LEXICON = {}  # surface word -> (lemma, POS)
+for _tag, _ws in {
+    "DET": "a the", "PRON": "someone somebody he she they his her their that", "NUM": "two three",
+    "NOUN": "person man woman human figure steps hand hands arm arms leg legs foot feet knee knees head fist "
+            "circle turn seat chair something squat squats jump jumps kick kicks punch punches waist bow air "
+            "sides side way degrees pace",
+    "ADV": "forward backward backwards ahead straight around sideways back up down out still there once twice "
+           "then slowly quickly fast briskly again high wide finally next first clockwise counterclockwise",
+    "ADJ": "left right few full half other slow ninety", "ADP": "to on in at of above into with after before",
+    "CCONJ": "and", "SCONJ": "while", "AUX": "is", "INTJ": "hello"}.items():
+    for _w in _ws.split():
+        LEXICON[_w] = (_w, _tag)
+for _w, _l in {"steps": "step", "hands": "hand", "arms": "arm", "legs": "leg", "feet": "foot", "knees": "knee",
+               "squats": "squat", "jumps": "jump", "kicks": "kick", "punches": "punch", "sides": "side",
+               "degrees": "degree", "is": "be"}.items():
+    LEXICON[_w] = (_l, LEXICON[_w][1])
+LEXICON.update({"times": ("time", "NOUN"), "face": ("face", "VERB"), "all": ("all", "DET"), "both": ("both", "DET"),
+                "place": ("place", "NOUN"),
+                "together": ("together", "ADV"), "front": ("front", "NOUN")})
+LEXICON.update({ing: (lemma, "VERB") for lemma, (_, ing) in VERBS.items()})   # overlays: "while waving" 
+
+SUBJECTS = [("a person", "they", "their"), ("someone", "they", "their"), ("the person", "they", "their"),
+            ("a man", "he", "his"), ("the man", "he", "his"), ("a woman", "she", "her"),
+            ("a human", "they", "their"), ("a person", "he", "his"), ("the figure", "they", "their")]
+
+
+def inflect(verb, form):
+    return verb if form == "base" else VERBS[verb][0 if form == "3sg" else 1]
+
+
+def tag(word):
+    if word not in LEXICON:
+        raise KeyError(f"synth.LEXICON has no part-of-speech tag for {word!r}")
+    return LEXICON[word]
+
+
+def render(phrase, form, pos):
+    """A (verb, rest) phrase as [(surface, lemma, POS)] in the given verb form."""
+    verb, rest = phrase
+    out = [(inflect(verb, form), verb, "VERB")]
+    for w in rest.replace("{pos}", pos).split():
+        out.append((inflect(w[1:-1], form), w[1:-1], "VERB") if w.startswith("<") else (w,) + tag(w))
+    return out
+
+
+def words_of(text):
+    return [(w,) + tag(w) for w in text.split()]
+
+
+def caption(phrases, rng):
+    """Join 1-3 phrases with a randomly chosen template -> [(surface, lemma, POS) or punctuation]."""
+    subj, pron, pos = SUBJECTS[rng.integers(len(SUBJECTS))]
+    agree = "base" if pron == "they" else "3sg"
+    S = words_of(subj)
+    P = lambda i, form: render(phrases[i], form, pos)  # noqa: E731
+    k = len(phrases)
+    if k == 1:
+        forms = [S + P(0, "3sg"), S + words_of("is") + P(0, "ing")]
+    elif k == 2:
+        forms = [S + P(0, "3sg") + words_of("and then") + P(1, "3sg"),
+                 S + P(0, "3sg") + [","] + words_of("then") + P(1, "3sg"),
+                 S + P(0, "3sg") + words_of("then") + P(1, "3sg"),
+                 S + P(0, "3sg") + ["."] + words_of("after that") + [","] + words_of(pron) + P(1, agree),
+                 S + P(0, "3sg") + words_of("before") + P(1, "ing"),
+                 words_of("first") + S + P(0, "3sg") + [","] + words_of("then") + words_of(pron) + P(1, agree),
+                 words_of("after") + P(0, "ing") + [","] + S + P(1, "3sg")]
+    else:
+        forms = [S + P(0, "3sg") + [","] + P(1, "3sg") + words_of("and then") + P(2, "3sg"),
+                 S + P(0, "3sg") + [","] + words_of("then") + P(1, "3sg") + [","] + words_of("then") + P(2, "3sg"),
+                 S + P(0, "3sg") + words_of("and") + P(1, "3sg") + [","] + words_of("after that") + words_of(pron)
+                 + P(2, agree),
+                 words_of("first") + S + P(0, "3sg") + [","] + words_of("next") + words_of(pron) + P(1, agree)
+                 + [","] + words_of("and finally") + P(2, agree)]
+    return forms[rng.integers(len(forms))]
+
+
+def format_line(toks, start=0.0, end=0.0):
+    """-> 'caption#word/POS ...#start#end', HumanML3D's line format."""
+    text = ""
+    for t in toks:
+        text += t if isinstance(t, str) else (" " if text else "") + t[0]
+    tokens = " ".join(f"{t[1]}/{t[2]}" for t in toks if not isinstance(t, str))
+    return f"{text}.#{tokens}#{start}#{end}"
+
+
+def pick(options, rng):
+    verb, rest = options[rng.integers(len(options))]
+    return verb, " ".join(rest.split())
+
+
+# -----------------------------------------------------------------------------
+# One clip: segments -> blended angles -> forward kinematics -> grounded joints.
+
+
+def sample_style(rng):
+    neutral = np.zeros((J, 3))
+    for side in ("left", "right"):
+        neutral[LIMB[side]["sh"], Z] = LIMB[side]["sign"] * rad(rng.uniform(4, 12))
+        neutral[LIMB[side]["el"], X] = -rad(rng.uniform(8, 22))
+    for j in SPINE:
+        neutral[j, X] = rad(rng.uniform(-2, 3))
+    neutral[NECK, X] = rad(rng.uniform(-5, 8))
+    return {"neutral": neutral, "tempo": rng.uniform(0.85, 1.15), "amp": rng.uniform(0.85, 1.15)}
+
+
+def forward_kinematics(E, yaw):
+    """E (T, 22, 3) local angles (X, Z, Y), yaw (T,) heading -> (T, 22, 3) positions, root at origin."""
+    T = len(E)
+    R = Rotation.from_euler("XZY", E.reshape(-1, 3)).as_matrix().reshape(T, J, 3, 3)
+    G = [None] * J
+    P = np.zeros((T, J, 3))
+    G[0] = Rotation.from_rotvec(yaw[:, None] * np.array([0.0, 1.0, 0.0])).as_matrix() @ R[:, 0]
+    for j, parent in enumerate(data.HUMANML3D.parents):
+        if parent < 0:
+            continue
+        P[:, j] = P[:, parent] + G[parent] @ data.T2M_BONE_OFFSETS[j]
+        G[j] = G[parent] @ R[:, j]
+    return P
+
+
+def ground(P, lift, push, yaw):
+    """Put the lowest foot joint on the floor (+ lift when airborne) and move the root so that the
+    supporting foot stays where it is; in the air the root keeps its momentum plus any push."""
+    T = len(P)
+    foot_y = P[:, FOOT_JOINTS, 1]
+    root = np.zeros((T, 3))
+    root[:, 1] = lift - foot_y.min(1)
+    vel = np.zeros(2)
+    for t in range(1, T):
+        if lift[t] <= 0 and lift[t - 1] <= 0:
+            s = FOOT_JOINTS[int(np.argmin(foot_y[t - 1]))]
+            step = -(P[t, s, [0, 2]] - P[t - 1, s, [0, 2]])
+            vel = step
+        else:
+            c, s_ = np.cos(yaw[t]), np.sin(yaw[t])
+            step = vel + np.array([c * push[t, 0] + s_ * push[t, 1], -s_ * push[t, 0] + c * push[t, 1]]) / FPS
+        root[t, [0, 2]] = root[t - 1, [0, 2]] + step
+    return P + root[:, None]
+
+
+def compose(segments, overlap):
+    """Lay segments on one timeline, consecutive ones overlapping by `overlap` frames and
+    cross-faded there; returns the blended (E, yaw_rate, lift, push) and each segment's start."""
+    starts, t = [], 0
+    for seg in segments:
+        starts.append(t)
+        t += seg.n - overlap
+    T = t + overlap
+    acc = {"E": np.zeros((T, J, 3)), "yaw_rate": np.zeros(T), "lift": np.zeros(T), "push": np.zeros((T, 2))}
+    wsum = np.zeros(T)
+    for s0, seg in zip(starts, segments):
+        w = np.ones(seg.n)
+        ramp = np.linspace(0, 1, overlap + 2)[1:-1]
+        if s0 > 0:
+            w[:overlap] = ramp
+        if s0 + seg.n < T:
+            w[-overlap:] = ramp[::-1]
+        for k in acc:
+            v = getattr(seg, k)
+            wk = np.ones(seg.n) if k == "yaw_rate" else w
+            acc[k][s0:s0 + seg.n] += wk.reshape((-1,) + (1,) * (v.ndim - 1)) * v
+        wsum[s0:s0 + seg.n] += w
+    for k in ("E", "lift", "push"):
+        acc[k] /= wsum.reshape((-1,) + (1,) * (acc[k].ndim - 1))
+    # yaw increments are not averaged but summed, so a turn keeps its full angle through a cross-fade
+    return acc["E"], acc["yaw_rate"], acc["lift"], acc["push"], starts
+
+
+def make_clip(rng, max_frames=120, min_frames=40):
+    """-> {"joints": (T+1, 22, 3) metres, "lines": caption lines (whole clip, sub-spans),
+    "primitives": names, "airborne": (T+1,) bool}."""
+    style = sample_style(rng)
+    for _ in range(100):
+        k = int(rng.choice([1, 2, 3], p=[0.35, 0.45, 0.2]))
+        names, weights = [p.name for p in PRIMITIVES], np.array([p.weight for p in PRIMITIVES])
+        chosen = []
+        while len(chosen) < k:
+            name = names[rng.choice(len(names), p=weights / weights.sum())]
+            if (chosen and name == chosen[-1]) or (name == "stand" and (k == 1 or "stand" in chosen)):
+                continue
+            chosen.append(name)
+        params = [BY_NAME[n].sample(rng) for n in chosen]
+        segs = [BY_NAME[n].make(p, style, rng) for n, p in zip(chosen, params)]
+        overlay = None
+        for i, n in enumerate(chosen):                          # "walks forward while waving"
+            if n in LOCOMOTION and rng.random() < 0.25:
+                oprim = BY_NAME[rng.choice(["wave", "raise"])]
+                op = oprim.sample(rng)
+                oseg = oprim.make(op, style, rng, n=segs[i].n)
+                arms = [j for side in (["left", "right"] if op["side"] == "both" else [op["side"]])
+                        for j in (LIMB[side]["sh"], LIMB[side]["el"])]
+                segs[i].E[:, arms] = oseg.E[:, arms]
+                overlay = (i, oprim, op)
+                break
+        overlap = int(rng.uniform(0.3, 0.5) * FPS)            # idle lead-in and tail, then cross-fades
+        pads = [BY_NAME["stand"].make({}, style, rng, n=overlap + int(rng.uniform(0.1, 0.5) * FPS)) for _ in "ab"]
+        E, yaw_rate, lift, push, starts = compose([pads[0]] + segs + [pads[1]], overlap)
+        if min_frames + 1 <= len(E) <= max_frames + 1:
+            break
+    else:
+        raise RuntimeError("make_clip: no composition fits the length limits")  # unreachable in practice
+    yaw = np.cumsum(yaw_rate) + rng.uniform(-np.pi, np.pi)
+    joints = ground(forward_kinematics(E, yaw), lift, push, yaw)
+
+    # captions: 3-4 paraphrases of the whole clip, sometimes one more for a single segment's span
+    lines, seen = [], set()
+    for _ in range(20):
+        phrases = []
+        for i, (n, p) in enumerate(zip(chosen, params)):
+            if n == "stand" and rng.random() < 0.5:
+                continue                                        # idle segments are often not mentioned
+            verb, rest = pick(BY_NAME[n].phrases(p), rng)
+            if overlay and overlay[0] == i:                     # the overlay is always in the -ing form
+                o_verb, o_rest = pick(overlay[1].phrases(overlay[2]), rng)
+                o_rest = re.sub(r"<(\w+)>", lambda m: VERBS[m.group(1)][1], o_rest)
+                rest = f"{rest} while {VERBS[o_verb][1]} {o_rest}".strip()
+            phrases.append((verb, rest))
+        line = format_line(caption(phrases, rng))
+        if line not in seen:
+            seen.add(line)
+            lines.append(line)
+        if len(lines) >= 3 + (rng.random() < 0.4):
+            break
+    if len(chosen) > 1 and rng.random() < 0.3:
+        i = int(rng.integers(len(chosen)))
+        a, b = starts[i + 1], starts[i + 1] + segs[i].n
+        if b - a >= 40 and chosen[i] != "stand" and not (overlay and overlay[0] == i):
+            verb, rest = pick(BY_NAME[chosen[i]].phrases(params[i]), rng)
+            subj = SUBJECTS[rng.integers(len(SUBJECTS))]
+            toks = words_of(subj[0]) + render((verb, rest), "3sg", subj[2])
+            lines.append(format_line(toks, a / FPS, b / FPS))
+    return {"joints": joints, "lines": lines, "primitives": chosen, "airborne": lift > 0}
+
+
+def write_dataset(out, n_motions, seed):
+    """Write n_motions clips and their mirrors (M-prefixed) in HumanML3D's layout, with an
+    80 / 5 / 15 train / val / test split by clip (a clip and its mirror share a split)."""
+    t0 = time.time()
+    for sub in ("new_joint_vecs", "new_joints", "texts"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    seeds = np.random.SeedSequence(seed).spawn(n_motions)       # clip i depends only on (seed, i)
+    train_feats, names = [], []
+    order = np.random.default_rng(seed).permutation(n_motions)
+    split_of = {}
+    for rank, i in enumerate(order):
+        split_of[i] = "test" if rank < 0.15 * n_motions else "val" if rank < 0.20 * n_motions else "train"
+    splits = {"train": [], "val": [], "test": []}
+    for i in tqdm(range(n_motions), desc=f"synth {out}", unit="clip"):
+        clip = make_clip(np.random.default_rng(seeds[i]))
+        joints, lines = clip["joints"], clip["lines"]
+        for name, jts, text in ((f"{i:06d}", joints, lines),
+                                (f"M{i:06d}", data.mirror_joints(joints), [data.mirror_text(ln) for ln in lines])):
+            feats, jts_out = data.features_from_joints(jts)
+            np.save(os.path.join(out, "new_joint_vecs", f"{name}.npy"), feats)
+            np.save(os.path.join(out, "new_joints", f"{name}.npy"), jts_out)
+            with open(os.path.join(out, "texts", f"{name}.txt"), "w") as f:
+                f.write("\n".join(text) + "\n")
+            splits[split_of[i]].append(name)
+            names.append(name)
+            if split_of[i] == "train":
+                train_feats.append(feats)
+    # NOTE (deviation): HumanML3D's statistics are over the whole dataset; these use the train split.
+    mean, std = data.mean_std(train_feats, data.HUMANML3D.joints)
+    np.save(os.path.join(out, "Mean.npy"), mean)
+    np.save(os.path.join(out, "Std.npy"), std)
+    for split, ns in list(splits.items()) + [("all", names)]:
+        with open(os.path.join(out, f"{split}.txt"), "w") as f:
+            f.write("\n".join(ns) + "\n")
+    print(f"wrote {len(names)} clips ({n_motions} + mirrors) to {out} in {time.time() - t0:.1f}s")

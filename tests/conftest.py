@@ -1,0 +1,35 @@
+"""Shared fixtures: the repository on sys.path, the real HumanML3D sample when present, and a tiny
+synthetic dataset written once per test session (a few seconds on a 2-core CPU)."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import synth  # noqa: E402
+
+
+def _sample_dir():
+    for cand in (os.environ.get("HUMANML3D_SAMPLE", ""), os.path.join(ROOT, "..", "shared", "humanml3d_sample")):
+        if cand and os.path.isdir(os.path.join(cand, "new_joint_vecs")):
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def sample_dir():
+    """One real HumanML3D clip (../shared/humanml3d_sample, or $HUMANML3D_SAMPLE); never copied here."""
+    d = _sample_dir()
+    if d is None:
+        pytest.skip("the real HumanML3D sample is not available (set HUMANML3D_SAMPLE)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """24 synthetic clips + mirrors in HumanML3D's layout."""
+    out = str(tmp_path_factory.mktemp("synth"))
+    synth.write_dataset(out, 24, seed=0)
+    return out
