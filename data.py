@@ -613,7 +613,9 @@ def add_config_args(parser: argparse.ArgumentParser, cfg_cls, skip=()):
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = type(default)
-        if kind is bool:
+        if kind is bool and not default:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help="(a switch)")
+        elif kind is bool:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"),
                                 default=default, metavar="0|1", help=f"(default {int(default)})")
         else:

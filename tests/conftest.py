@@ -29,7 +29,7 @@ def sample_dir():
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    """24 synthetic clips + mirrors in HumanML3D's layout."""
+    """80 synthetic clips + mirrors in HumanML3D's layout (the test split holds > 32 items)."""
     out = str(tmp_path_factory.mktemp("synth"))
-    synth.write_dataset(out, 24, seed=0)
+    synth.write_dataset(out, 80, seed=0)
     return out

@@ -152,7 +152,7 @@ def test_vocab_is_deterministic_and_maps_unknown_words(tiny_data):
 
 def test_check_summarises(tiny_data):
     s = data.check(tiny_data)
-    assert s["clips"] == 48 and s["dims"] == 263 and s["vocabulary"] > 30
+    assert s["clips"] == 160 and s["dims"] == 263 and s["vocabulary"] > 30
 
 
 # --- bad input -----------------------------------------------------------------------------------

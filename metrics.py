@@ -1,0 +1,554 @@
+"""
+metrics.py -- the yardstick: an independent T2M-style evaluator, the paper's metrics, memory and time
+meters, and the gradient analysis of the paper's Figure 3.
+
+Paper Sec. 5.1 and Table 1 report R-Precision top-1/2/3, FID, MM-Dist and Diversity computed with the
+T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that protocol:
+
+  Evaluator   a movement encoder (two strided 1-D convolutions, time / 4) + bidirectional GRU over the
+              motion features without the 4 contact channels, and a bidirectional GRU over the caption's
+              'lemma/POS' tokens (a learned word embedding + a projected 15-class POS one-hot, with T2M's
+              VIP classes), trained with T2M's margin loss (positive pairs pulled together, other pairs
+              pushed beyond a margin of 10). Embeddings are not normalised; distances are Euclidean.
+              It is a different architecture from the reward (spl.py: transformers over words), reads
+              different text tokens, and is trained separately. It never trains or selects anything.
+  Metrics     R-Precision over shuffled groups of 32, MM-Dist (mean text-motion distance of true pairs),
+              FID on evaluator motion embeddings (np.cov, scipy sqrtm, the eps retry, an error on a large
+              imaginary part), Diversity over 300 random pairs, MultiModality (100 captions x 30 samples,
+              10 pairs); each replication re-draws captions and crops; mean +/- 1.96 std / sqrt(n).
+  Meters      SavedTensorMeter: peak bytes of tensors autograd keeps for backward (parameters excluded,
+              shared storage counted once, frees tracked), identical on every device; cuda_peak();
+              TimeMeter for per-update and per-trajectory wall time.
+  Figure 3    jacobian_norms(): along a T-step trajectory, ||d pi_theta / d x_t|| per step and the
+              running product of Eq. 5, both divided by sqrt(dim) (so the identity scores 1).
+
+NOTE (deviations): word embeddings are learned here (T2M uses GloVe, a download); sizes are smaller
+and training is ~600 steps (a minute on 2 cores); the evaluator normalises with the dataset's Mean/Std (T2M's own statistics differ by a x25 bug).
+
+Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evaluator.pt
+      python metrics.py eval --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth
+      python metrics.py grad-norm --generator runs/synth/mld.pt
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+import weakref
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+
+# -----------------------------------------------------------------------------
+# The evaluator's text side: 'lemma/POS' tokens, T2M's 15 POS classes with the VIP word lists.
+
+POS = ["VERB", "NOUN", "DET", "ADP", "NUM", "AUX", "PRON", "ADJ", "ADV",
+       "Loc_VIP", "Body_VIP", "Obj_VIP", "Act_VIP", "Desc_VIP", "OTHER"]
+VIP = {"Loc_VIP": "left right clockwise counterclockwise anticlockwise forward back backward up down straight curve",
+       "Body_VIP": "arm chin foot feet face hand mouth leg waist eye knee shoulder thigh",
+       "Obj_VIP": "stair dumbbell chair window floor car ball handrail baseball basketball",
+       "Act_VIP": "walk run swing pick bring kick put squat throw hop dance jump turn stumble stop sit lift lower "
+                  "raise wash stand kneel stroll rub bend balance flap jog shuffle lean rotate spin spread climb",
+       "Desc_VIP": "slowly carefully fast careful slow quickly happy angry sad happily angrily sadly"}
+VIP_OF = {w: c for c, ws in VIP.items() for w in ws.split()}
+MAX_TOKENS = 20   # T2M: sos + 20 tokens + eos
+
+
+def word_vocab(root: str) -> list:
+    """Lemmas of the training captions' tokens (not data.Vocab's surface words): the evaluator reads
+    different text units from the generator and the reward."""
+    counts = defaultdict(int)
+    for name in data.read_split(root, "train"):
+        for _, tokens, _, _ in data.load_captions(root, name):
+            for t in tokens:
+                counts[t.rsplit("/", 1)[0]] += 1
+    return ["<pad>", "<unk>", "<sos>", "<eos>"] + sorted(counts, key=lambda w: (-counts[w], w))
+
+
+def encode_tokens(token_lists: list, stoi: dict):
+    """-> word ids (B, L), POS ids (B, L), lengths (B,) with <sos> ... <eos> around at most 20 tokens."""
+    rows = []
+    for tokens in token_lists:
+        pairs = [t.rsplit("/", 1) for t in tokens[:MAX_TOKENS]]
+        words = [2] + [stoi.get(w, 1) for w, _ in pairs] + [3]
+        pos = [14] + [POS.index(VIP_OF.get(w, p if p in POS else "OTHER")) for w, p in pairs] + [14]
+        rows.append((words, pos))
+    L = max(len(w) for w, _ in rows)
+    ids = torch.zeros(len(rows), L, dtype=torch.long)
+    pos = torch.full((len(rows), L), 14, dtype=torch.long)
+    for i, (w, p) in enumerate(rows):
+        ids[i, :len(w)], pos[i, :len(p)] = torch.tensor(w), torch.tensor(p)
+    return ids, pos, torch.tensor([len(w) for w, _ in rows])
+
+
+class _Head(nn.Module):
+    """BiGRU over a sequence -> last forward and backward states -> Linear, LayerNorm, LeakyReLU, Linear."""
+
+    def __init__(self, d_in, hidden, out):
+        super().__init__()
+        self.gru = nn.GRU(d_in, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.LayerNorm(hidden), nn.LeakyReLU(0.2),
+                                 nn.Linear(hidden, out))
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.gru(packed)                                            # (2, B, hidden)
+        return self.out(torch.cat([h[0], h[1]], -1))
+
+
+@dataclass
+class EvaluatorConfig:
+    data: str = "data/synth"
+    out: str = "runs/synth/evaluator.pt"
+    preset: str = "default"          # tiny | default
+    hidden: int = 128                # T2M: conv 512, GRU 1024 (motion) / 512 (text)
+    word_dim: int = 64               # T2M: GloVe 300
+    out_dim: int = 256               # T2M: 512
+    margin: float = 10.0             # T2M's contrastive margin
+    steps: int = 600                 # about 1 minute on 2 cores
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 1234                 # not the generator's or the reward's seed
+    device: str = "auto"
+
+
+EVALUATOR_PRESETS = {"tiny": {"hidden": 64, "word_dim": 32, "out_dim": 64, "steps": 200, "batch_size": 32, "lr": 3e-3},
+                     "default": {}}
+
+
+class Evaluator(nn.Module):
+    def __init__(self, cfg: EvaluatorConfig, words: list, dims: int):
+        super().__init__()
+        self.cfg, self.words, self.stoi = cfg, words, {w: i for i, w in enumerate(words)}
+        h = cfg.hidden
+        self.movement = nn.Sequential(                                     # T2M MovementConvEncoder, time / 4
+            nn.Conv1d(dims - 4, h, 4, 2, 1), nn.Dropout(0.2), nn.LeakyReLU(0.2),
+            nn.Conv1d(h, h, 4, 2, 1), nn.Dropout(0.2), nn.LeakyReLU(0.2))
+        self.movement_out = nn.Linear(h, h)
+        self.motion_head = _Head(h, h, cfg.out_dim)
+        self.word_emb = nn.Embedding(len(words), cfg.word_dim, padding_idx=0)
+        self.pos_emb = nn.Linear(len(POS), cfg.word_dim)
+        self.text_head = _Head(cfg.word_dim, h, cfg.out_dim)
+        self.register_buffer("mean", torch.zeros(dims))
+        self.register_buffer("std", torch.ones(dims))
+
+    def embed_motion(self, feats, lengths):
+        """Raw (de-normalised) features (B, T, D) -> (B, out_dim). Normalised here with the evaluator's
+        own statistics, contacts dropped (as T2M)."""
+        x = ((feats - self.mean) / self.std)[..., :-4]
+        h = self.movement_out(self.movement(x.transpose(1, 2)).transpose(1, 2))   # (B, T/4, hidden)
+        return self.motion_head(h, (lengths // 4).clamp(min=1))
+
+    def embed_text(self, token_lists):
+        ids, pos, lengths = encode_tokens(token_lists, self.stoi)
+        ids, pos = ids.to(self.mean.device), pos.to(self.mean.device)
+        x = self.word_emb(ids) + self.pos_emb(F.one_hot(pos, len(POS)).float())
+        return self.text_head(x, lengths)
+
+
+def margin_loss(text, motion, captions, margin, rng=np.random):
+    """T2M's contrastive loss: d(t_i, m_i)^2 for true pairs, and max(0, margin - d(t_i, m_j))^2 for one
+    negative per text, the batch shifted by a random offset (pairs with the same caption are skipped)."""
+    B = len(text)
+    shift = int(rng.randint(1, B))
+    j = (torch.arange(B) + shift) % B
+    neg = F.relu(margin - (text - motion[j]).norm(dim=1)) ** 2
+    differ = torch.tensor([captions[i] != captions[k] for i, k in enumerate(j.tolist())], device=text.device)
+    return ((text - motion) ** 2).sum(1).mean() + (neg * differ).sum() / differ.sum().clamp(min=1)
+
+
+def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
+    data.seed_everything(cfg.seed)
+    device = data.pick_device(cfg.device)
+    train_set = data.MotionTextDataset(cfg.data, "train", seed=cfg.seed)
+    model = Evaluator(cfg, word_vocab(cfg.data), train_set.dims).to(device)
+    model.mean.copy_(torch.tensor(train_set.mean)), model.std.copy_(torch.tensor(train_set.std))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    data.print_config(cfg, "evaluator")
+    t0, batches = time.time(), iter(())
+    bar = tqdm(range(cfg.steps), desc="evaluator", mininterval=2)
+    for step in bar:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(data.loader(train_set, cfg.batch_size, True, seed=cfg.seed + step, drop_last=True))
+            batch = next(batches)
+        feats = train_set.denormalize(batch["motion"].to(device)) * batch["mask"].to(device)[..., None]
+        loss = margin_loss(model.embed_text(batch["tokens"]), model.embed_motion(feats, batch["lengths"].to(device)),
+                           batch["captions"], cfg.margin)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 0.5)                  # T2M clips at 0.5
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    real = evaluate_real(model, cfg.data, replications=3, seed=cfg.seed, device=device, split="val")
+    data.atomic_save({"kind": "evaluator", "config": dataclasses.asdict(cfg), "words": model.words,
+                      "dims": train_set.dims, "model": model.state_dict(), "train_time_s": time.time() - t0,
+                      "real_val": real}, cfg.out)
+    print(f"evaluator trained in {time.time() - t0:.0f}s -> {cfg.out}; val Real row: {format_row(real)}")
+    return model
+
+
+def load_evaluator(path: str, device="cpu") -> Evaluator:
+    ck = data.load_checkpoint(path, "evaluator")
+    model = Evaluator(EvaluatorConfig(**ck["config"]), ck["words"], ck["dims"])
+    data.load_state(model, ck["model"], path)
+    return model.to(device).eval()
+
+
+# -----------------------------------------------------------------------------
+# The metrics, exactly as the T2M protocol computes them.
+
+
+def euclidean(a, b):
+    """(N, d), (M, d) -> (N, M) distances, sqrt(|a|^2 + |b|^2 - 2ab) clamped at 0 (T2M can give NaN)."""
+    d2 = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None] - 2 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0))
+
+
+def r_precision(text, motion, rng, group=32, top_k=3):
+    """Shuffle, split into groups of 32 (last partial group dropped), rank the 32 motions for each text.
+    -> (top-1..top_k hit rates, MM-Dist over the same pairs). A set smaller than 32 is one group."""
+    group = min(group, len(text))
+    idx = rng.permutation(len(text))[: len(text) // group * group].reshape(-1, group)
+    hits, mm = np.zeros(top_k), []
+    for g in idx:
+        d = euclidean(text[g], motion[g])
+        rank = (d < d.diagonal()[:, None]).sum(1)                          # how many motions beat the true one
+        hits += [(rank < k).sum() for k in range(1, top_k + 1)]
+        mm.append(d.diagonal())
+    return hits / idx.size, float(np.concatenate(mm).mean())
+
+
+def fid(x, y, eps=1e-6):
+    """Frechet distance between Gaussians fitted to two embedding sets (N, d), (M, d)."""
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1.dot(s2))
+    if not np.isfinite(covmean).all():                                    # near-singular product: offset
+        offset = np.eye(len(s1)) * eps
+        covmean = scipy.linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"FID: imaginary component {np.abs(covmean.imag).max():.4f} in sqrtm")
+        covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def diversity(x, rng, times=300):
+    """Mean distance between `times` random pairs (two independent draws without replacement);
+    fewer pairs when the set is smaller than 300 (a small val split)."""
+    times = min(times, len(x))
+    a, b = rng.choice(len(x), times, replace=False), rng.choice(len(x), times, replace=False)
+    return float(np.linalg.norm(x[a] - x[b], axis=1).mean())
+
+
+def multimodality(x, rng, times=10):
+    """x (captions, repeats, d): per caption, mean distance of `times` random pairs of its samples."""
+    a = np.stack([rng.choice(x.shape[1], times, replace=False) for _ in range(len(x))])
+    b = np.stack([rng.choice(x.shape[1], times, replace=False) for _ in range(len(x))])
+    rows = np.arange(len(x))[:, None]
+    return float(np.linalg.norm(x[rows, a] - x[rows, b], axis=-1).mean())
+
+
+def confidence(values):
+    """mean and the 95% half-width 1.96 * std / sqrt(n) (np.std, ddof = 0), as the papers report."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "ci": float(1.96 * v.std() / np.sqrt(len(v)))}
+
+
+KEYS = ["R1", "R2", "R3", "FID", "MMDist", "Diversity"]
+
+
+def format_row(row):
+    cells = []
+    for k in KEYS + ["MModality"]:
+        if k in row:
+            v = row[k]
+            cells.append(f"{k} {v['mean']:.3f}±{v['ci']:.3f}" if isinstance(v, dict) else f"{k} {v:.3f}")
+    return "  ".join(cells)
+
+
+# -----------------------------------------------------------------------------
+# The evaluation loop: replications over the test split.
+
+
+@torch.no_grad()
+def embed_split(evaluator, root, split, seed, device, batch_size=128, generator=None, gen_seed=0, steps=None):
+    """One pass over a split (random caption and crop per item, seeded): evaluator embeddings of the
+    texts, the real motions, and (if a generator is given) motions generated for the same captions
+    and ground-truth lengths."""
+    ds = data.MotionTextDataset(root, split, seed=seed)
+    g = torch.Generator(device=device).manual_seed(gen_seed)
+    text, real, fake = [], [], []
+    for batch in data.loader(ds, batch_size, shuffle=False):
+        lengths, mask = batch["lengths"].to(device), batch["mask"].to(device)[..., None]
+        real.append(evaluator.embed_motion(ds.denormalize(batch["motion"].to(device)) * mask, lengths))
+        text.append(evaluator.embed_text(batch["tokens"]))
+        if generator is not None:
+            x = generator.sample(batch["captions"], lengths, steps=steps, generator=g)
+            fake.append(evaluator.embed_motion((x * generator.std + generator.mean) * mask, lengths))
+    cat = lambda xs: torch.cat(xs).cpu().numpy().astype(np.float64) if xs else None  # noqa: E731
+    return cat(text), cat(real), cat(fake)
+
+
+def evaluate_real(evaluator, root, replications=20, seed=0, device="cpu", split="test"):
+    """The 'Real' row: test motions against their own captions; FID between two independent draws."""
+    rows = defaultdict(list)
+    for r in range(replications):
+        rng = np.random.default_rng(seed + r)
+        text, real, _ = embed_split(evaluator, root, split, seed + r, device)
+        _, ref, _ = embed_split(evaluator, root, split, seed + r + 10_000, device)
+        (r1, r2, r3), mm = r_precision(text, real, rng)
+        for k, v in zip(KEYS, [r1, r2, r3, fid(real, ref), mm, diversity(real, rng)]):
+            rows[k].append(v)
+    return {k: confidence(v) for k, v in rows.items()}
+
+
+def evaluate(generator, evaluator, root, replications=20, seed=0, device="cpu", mm=False, steps=None, split="test"):
+    """Table-1 row of a generator: R-Precision, FID, MM-Dist, Diversity (and MultiModality), each
+    mean +/- 95% CI over replications; every replication re-draws captions, crops and noise."""
+    rows = defaultdict(list)
+    for r in tqdm(range(replications), desc="evaluate", mininterval=2):
+        rng = np.random.default_rng(seed + r)
+        text, real, fake = embed_split(evaluator, root, split, seed + r, device, generator=generator,
+                                       gen_seed=seed * 1000 + r, steps=steps)
+        (r1, r2, r3), mmd = r_precision(text, fake, rng)
+        for k, v in zip(KEYS, [r1, r2, r3, fid(fake, real), mmd, diversity(fake, rng)]):
+            rows[k].append(v)
+        if mm:
+            rows["MModality"].append(multimodality_of(generator, evaluator, root, rng, device, split, steps))
+    return {k: confidence(v) for k, v in rows.items()}
+
+
+@torch.no_grad()
+def multimodality_of(generator, evaluator, root, rng, device, split="test", steps=None, captions=100, repeats=30):
+    ds = data.MotionTextDataset(root, split, seed=int(rng.integers(1 << 30)))
+    picks = rng.choice(len(ds), min(captions, len(ds)), replace=False)
+    g = torch.Generator(device=device).manual_seed(int(rng.integers(1 << 30)))
+    out = []
+    for i in picks:
+        item = ds[int(i)]
+        lengths = torch.full((repeats,), item["length"], device=device)
+        x = generator.sample([item["caption"]] * repeats, lengths, steps=steps, generator=g)
+        out.append(evaluator.embed_motion(x * generator.std + generator.mean, lengths).cpu().numpy())
+    return multimodality(np.stack(out), rng)
+
+
+# -----------------------------------------------------------------------------
+# Memory and time meters.
+
+
+class _Saved:
+    """What autograd stores instead of a saved tensor while a SavedTensorMeter is active; when the graph
+    holding it is freed, the finalizer tells the meter."""
+    __slots__ = ("t", "__weakref__")
+
+    def __init__(self, t, meter, key):
+        self.t = t
+        weakref.finalize(self, meter._release, key)
+
+
+class SavedTensorMeter:
+    """Peak bytes of tensors that autograd keeps for backward, live at the same time.
+
+    Through torch.autograd.graph.saved_tensors_hooks: every saved tensor is counted by its storage
+    (views and a tensor saved twice count once), parameters of the given modules are excluded (they
+    are model memory, not graph memory), and a storage stops counting when the last graph holding it
+    is freed. It does not depend on the device, the allocator or timing, so it is the quantity the
+    O(1)-versus-O(T) comparisons use; cuda_peak() gives the allocator's view on a GPU."""
+
+    def __init__(self, *modules):
+        self.exclude = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
+        self.live, self.current, self.peak = {}, 0, 0
+
+    def _pack(self, t):
+        s = t.untyped_storage()
+        key = s.data_ptr()
+        if key in self.exclude or s.nbytes() == 0:
+            return t
+        entry = self.live.setdefault(key, [s.nbytes(), 0])
+        if entry[1] == 0:
+            self.current += entry[0]
+            self.peak = max(self.peak, self.current)
+        entry[1] += 1
+        return _Saved(t, self, key)
+
+    def _release(self, key):
+        entry = self.live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[key]
+
+    @staticmethod
+    def _unpack(h):
+        return h.t if isinstance(h, _Saved) else h
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+    @property
+    def peak_mib(self):
+        return self.peak / 2 ** 20
+
+
+def cuda_peak_mib(fn):
+    """Run fn() and return (its result, torch.cuda.max_memory_allocated in MiB) -- None off a GPU."""
+    if not torch.cuda.is_available():
+        return fn(), None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, torch.cuda.max_memory_allocated() / 2 ** 20
+
+
+class TimeMeter:
+    """Wall time per label: `with meter("update"): ...`; .mean(label), .total(label)."""
+
+    def __init__(self):
+        self.totals, self.counts = defaultdict(float), defaultdict(int)
+
+    @contextmanager
+    def __call__(self, label):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        yield
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.totals[label] += time.perf_counter() - t
+        self.counts[label] += 1
+
+    def mean(self, label):
+        return self.totals[label] / max(self.counts[label], 1)
+
+    def total(self, label):
+        return self.totals[label]
+
+
+# -----------------------------------------------------------------------------
+# Figure 3: Jacobians along the chain (Eq. 5's coefficients).
+
+
+def jacobian_norms(model, texts, lengths, steps=50, probes=8, seed=0):
+    """Along one sampled trajectory, for each step t (sampling order, first = pure noise):
+      step[t]    ||d pi(x_t) / d x_t||_F / sqrt(dim)          (the factor of one step)
+      product[t] ||d x_0 / d x_t||_F / sqrt(dim)              (Eq. 5's product from step t to the end)
+    Frobenius norms are estimated with `probes` Gaussian vectors (Hutchinson: E||v^T J||^2 = ||J||_F^2),
+    the products by propagating each probe backwards through the chain with vector-Jacobian products."""
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    with torch.no_grad():
+        cond = model.condition(texts, lengths)
+        model.scheduler.set_timesteps(steps)
+        xs, x = [], model.init_noise(cond, g)
+        for t in model.scheduler.timesteps:
+            xs.append(x)
+            x, _ = model.denoise_step(x, t, cond, eta=0.0)
+
+    def vjp(i, v):
+        x_in = xs[i].detach().requires_grad_()
+        out, _ = model.denoise_step(x_in, model.scheduler.timesteps[i], cond, eta=0.0)
+        return torch.autograd.grad(out, x_in, v)[0]
+
+    dim = xs[0][0].numel()
+    step_sq, prod_sq = np.zeros(steps), np.zeros(steps)
+    for _ in range(probes):
+        v_chain = model.mask_latent(torch.randn(xs[0].shape, generator=g, device=model.device), cond)
+        for i in reversed(range(steps)):                                   # from the last step backwards
+            v = model.mask_latent(torch.randn(xs[0].shape, generator=g, device=model.device), cond)
+            step_sq[i] += (vjp(i, v) ** 2).sum().item() / len(v)
+            v_chain = vjp(i, v_chain)
+            prod_sq[i] += (v_chain ** 2).sum().item() / len(v)
+    scale = probes * dim
+    return {"t": model.scheduler.timesteps.tolist(), "step": np.sqrt(step_sq / scale).tolist(),
+            "product": np.sqrt(prod_sq / scale).tolist()}
+
+
+# -----------------------------------------------------------------------------
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train-evaluator", help="train the T2M-style evaluator on the train split")
+    data.add_config_args(t, EvaluatorConfig)
+    e = sub.add_parser("eval", help="the Table-1 row of a generator on the test split")
+    e.add_argument("--generator", required=True)
+    e.add_argument("--evaluator", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--replications", type=int, default=20, help="20 as in the paper; fewer on a CPU")
+    e.add_argument("--mm", action="store_true", help="also MultiModality (100 captions x 30 samples)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", help="write the rows here")
+    gn = sub.add_parser("grad-norm", help="Figure 3: Jacobian norms along the denoising chain")
+    gn.add_argument("--generator", required=True)
+    gn.add_argument("--steps", type=int, default=50)
+    gn.add_argument("--probes", type=int, default=8)
+    gn.add_argument("--text", default="a person walks forward and then turns left")
+    gn.add_argument("--png", default=None, help="also draw the curves (needs matplotlib)")
+    gn.add_argument("--device", default="auto")
+    a = p.parse_args()
+    if a.cmd == "train-evaluator":
+        cfg = data.config_from_args(EvaluatorConfig, a)
+        if cfg.preset not in EVALUATOR_PRESETS:
+            raise data.InputError(f"--preset {cfg.preset!r}: tiny or default")
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in EVALUATOR_PRESETS[cfg.preset].items()
+                                          if getattr(cfg, k) == getattr(EvaluatorConfig(), k)})
+        train_evaluator(cfg)
+    elif a.cmd == "eval":
+        import models
+        device = data.pick_device(a.device)
+        gen, ev = models.load_generator(a.generator, device), load_evaluator(a.evaluator, device)
+        t0 = time.time()
+        rows = {"real": evaluate_real(ev, a.data, a.replications, a.seed, device),
+                "generator": evaluate(gen, ev, a.data, a.replications, a.seed, device, mm=a.mm)}
+        for name, row in rows.items():
+            print(f"{name:>10}: {format_row(row)}")
+        print(f"({a.replications} replications, {time.time() - t0:.0f}s)")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(rows, f, indent=1)
+    else:
+        import models
+        device = data.pick_device(a.device)
+        gen = models.load_generator(a.generator, device)
+        res = jacobian_norms(gen, [a.text], [80], a.steps, a.probes)
+        print(f"{'step':>4} {'t':>4} {'|dpi/dx_t|/sqrt(d)':>20} {'|prod|/sqrt(d)':>16}")
+        for i, (t_, s, pr) in enumerate(zip(res["t"], res["step"], res["product"])):
+            print(f"{i:>4} {t_:>4} {s:>20.4f} {pr:>16.4f}")
+        if a.png:
+            from viz import _plt
+            plt = _plt()
+            fig, ax = plt.subplots(figsize=(5, 3))
+            ax.plot(res["step"], label="per step |d pi / d x_t| / sqrt(d)")
+            ax.plot(res["product"], label="product to x_0 (Eq. 5)")
+            ax.set_xlabel("denoising step (0 = pure noise)")
+            ax.legend(fontsize=7)
+            fig.savefig(a.png, dpi=120, bbox_inches="tight")
+            print(f"wrote {a.png}")
+
+
+if __name__ == "__main__":
+    data.cli(main)

@@ -1,0 +1,703 @@
+"""
+models.py -- compact MLD and MDM, a diffusers-style DDIM sampler, LoRA: the backbones EasyTune tunes.
+
+Paper Sec. 3 (Eq. 2): a pre-trained text-to-motion diffusion model samples x_0 from x_T ~ N(0, I)
+by T reverse steps x_{t-1} = pi_theta(x_t, t, c). Two backbones, as in the paper's Tables 1-2:
+
+  MLD (Chen et al. 2023; the paper's main backbone, an ODE sampler): a transformer VAE squeezes a
+      motion into a few latent tokens; a transformer denoiser predicts the noise eps in that latent
+      space from [latent tokens, timestep token, text tokens]. Scaled-linear betas 0.00085..0.012,
+      DDIM with 50 steps and eta = 0, guidance 7.5.
+  MDM (Tevet et al. 2023; the paper's SDE example): a transformer in normalised feature space that
+      predicts x_0 directly, cosine schedule, 50 ancestral steps (DDIM eta = 1), guidance 2.5.
+
+Both expose the one seam the rest of the project drives (easytune.py, baselines.py, metrics.py):
+    cond = model.condition(texts, lengths)            text tokens + frame masks, encoded once
+    x_prev, x0_hat = model.denoise_step(x_t, t, cond)  one reverse step pi_theta, with guidance
+    feats = model.decode(x, cond.mask)                 normalised 263-d features (VAE decoder / identity)
+    feats = model.sample(texts, lengths)               the whole chain
+The reward and the evaluator only ever see decoded features.
+
+Notation (code -> paper):  x_t -> x_t,  t -> t (0..999 training index),  eps_hat -> eps_theta,
+alpha_bar -> \bar{alpha}_t,  x0_hat -> \hat{x}_0 (one-step prediction),  guidance -> CFG scale w.
+
+NOTE (deviations, for a 2-core CPU): every token is a 4-frame patch (HumanML3D's unit_length), not one
+frame; the text encoder is this project's own small word-level transformer, trained with the denoiser
+(no CLIP download), and the denoisers attend to its tokens rather than to one pooled vector; blocks
+are pre-norm without MLD's long skips; the MLD latent is rescaled to unit variance before diffusion.
+
+Run:  python models.py train --backbone mld --data data/synth --out runs/synth/mld.pt
+      python models.py sample --ckpt runs/synth/mld.pt --text "a person waves the left hand" --out motion.npy
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+
+# -----------------------------------------------------------------------------
+# Noise schedules and the DDIM / DDPM sampler (diffusers' names, per-sample timesteps, no clipping).
+
+
+def make_betas(schedule: str, T: int = 1000) -> torch.Tensor:
+    if schedule == "scaled_linear":                       # MLD / Stable Diffusion
+        return torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2
+    if schedule == "cosine":                              # MDM (Nichol & Dhariwal 2021), beta capped at 0.999
+        f = lambda t: torch.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        t = torch.arange(T, dtype=torch.float64)
+        return (1 - f(t + 1) / f(t)).clamp(max=0.999)
+    raise data.InputError(f"unknown noise schedule {schedule!r} (scaled_linear or cosine)")
+
+
+class DDIMScheduler:
+    """DDIM (Song et al. 2021, Eq. 12) with diffusers' conventions: set_timesteps(T) makes the
+    'leading' grid t = 1000/T * (T-1 .. 0) + steps_offset (981, 961, ..., 1 for T = 50);
+    step(...) -> (x_{t-1}, x0_hat). eta = 0 is the ODE sampler of the paper's Eq. 2; eta = 1 is
+    DDPM ancestral sampling on the respaced grid (an SDE). Timesteps may differ per sample."""
+
+    def __init__(self, schedule: str, prediction_type: str = "epsilon", num_train_timesteps: int = 1000,
+                 steps_offset: int = 1, set_alpha_to_one: bool = False):
+        self.alpha_bar = torch.cumprod(1 - make_betas(schedule, num_train_timesteps), 0).float()
+        self.final_alpha_bar = torch.tensor(1.0) if set_alpha_to_one else self.alpha_bar[0]
+        self.prediction_type, self.num_train_timesteps, self.steps_offset = prediction_type, num_train_timesteps, steps_offset
+        self.set_timesteps(50)
+
+    def set_timesteps(self, num_inference_steps: int):
+        if not 1 <= num_inference_steps <= self.num_train_timesteps:
+            raise data.InputError(f"steps={num_inference_steps}: must be in 1..{self.num_train_timesteps}")
+        self.step_ratio = self.num_train_timesteps // num_inference_steps
+        self.timesteps = (torch.arange(num_inference_steps - 1, -1, -1) * self.step_ratio + self.steps_offset).long()
+
+    def _ab(self, t, like):
+        """alpha_bar at integer timesteps t (scalar or (B,)), -1 -> the final alpha_bar; shaped to broadcast."""
+        t = torch.as_tensor(t, device=like.device).long().reshape(-1)
+        ab = torch.where(t >= 0, self.alpha_bar.to(like.device)[t.clamp(min=0)], self.final_alpha_bar.to(like.device))
+        return ab.reshape(-1, *([1] * (like.dim() - 1)))
+
+    def add_noise(self, x0, eps, t):
+        """q(x_t | x_0): sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
+        ab = self._ab(t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def step(self, model_output, t, x_t, eta: float = 0.0, prediction_type: str | None = None, noise=None):
+        """One reverse step from x_t at training index t to the previous grid point."""
+        t = torch.as_tensor(t, device=x_t.device).long()
+        ab_t, ab_prev = self._ab(t, x_t), self._ab(t - self.step_ratio, x_t)
+        kind = prediction_type or self.prediction_type
+        if kind == "epsilon":
+            eps = model_output
+            x0 = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()          # the one-step prediction x0_hat
+        elif kind == "sample":
+            x0 = model_output
+            eps = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+        else:
+            raise data.InputError(f"prediction_type {kind!r}: epsilon or sample")
+        sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()     # DDIM Eq. 16
+        x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0:
+            x_prev = x_prev + sigma * (noise if noise is not None else torch.randn_like(x_t))
+        return x_prev, x0
+
+
+# -----------------------------------------------------------------------------
+# Transformer pieces with plain nn.Linear projections (so LoRA can wrap q, k, v, o).
+
+
+class Attention(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x, pad=None):                        # x (B, L, d); pad (B, L) True = ignore
+        B, L, d = x.shape
+        split = lambda y: y.view(B, L, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731  (B, h, L, d/h)
+        mask = None if pad is None else ~pad[:, None, None, :]
+        y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)), attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(B, L, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), x + mlp(ln(x))."""
+
+    def __init__(self, d, heads, ff, dropout):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(d, heads)
+        self.fc1, self.fc2 = nn.Linear(d, ff), nn.Linear(ff, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, pad=None):
+        x = x + self.drop(self.attn(self.ln1(x), pad))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
+
+
+class Transformer(nn.Module):
+    def __init__(self, d, layers, heads, ff, dropout):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d, heads, ff, dropout) for _ in range(layers))
+        self.ln = nn.LayerNorm(d)
+
+    def forward(self, x, pad=None):
+        for b in self.blocks:
+            x = b(x, pad)
+        return self.ln(x)
+
+
+def timestep_embedding(t, dim):
+    """Sinusoidal embedding of (B,) timesteps (float allowed) -> (B, dim), cos first."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], -1)
+
+
+class TextEncoder(nn.Module):
+    """Word-level transformer over data.Vocab ids: <cls> w_1 .. w_L -> (B, L+1, d) tokens."""
+
+    def __init__(self, vocab_size, d, layers, heads, dropout, max_words):
+        super().__init__()
+        self.max_words = max_words
+        self.emb = nn.Embedding(vocab_size, d, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(1, max_words + 1, d) * 0.02)
+        self.tf = Transformer(d, layers, heads, 2 * d, dropout)
+
+    def forward(self, ids, pad):
+        return self.tf(self.emb(ids) + self.pos[:, :ids.shape[1]], pad)
+
+
+def patchify(x, p):        # (B, T, D) -> (B, T/p, p*D)
+    return x.reshape(x.shape[0], x.shape[1] // p, p * x.shape[2])
+
+
+def unpatchify(x, p):      # (B, T/p, p*D) -> (B, T, D)
+    return x.reshape(x.shape[0], x.shape[1] * p, x.shape[2] // p)
+
+
+# -----------------------------------------------------------------------------
+# LoRA (Hu et al. 2021): W x + (alpha / r) B A x with W frozen, B = 0 at the start.
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0):
+        super().__init__()
+        self.base, self.scale, self.merged = base, alpha / r, False
+        self.base.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, x):
+        y = self.base(x)
+        return y if self.merged else y + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            self.base.weight += self.scale * self.lora_B @ self.lora_A
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.base.weight -= self.scale * self.lora_B @ self.lora_A
+            self.merged = False
+
+
+def inject_lora(module: nn.Module, r: int = 8, alpha: float = 16.0, targets=("q", "k", "v", "o")) -> list:
+    """Wrap every nn.Linear named in `targets` under `module`; freeze everything else in it."""
+    module.requires_grad_(False)
+    wrapped = []
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if name in targets and isinstance(child, nn.Linear):
+                lora = LoRALinear(child, r, alpha)
+                setattr(parent, name, lora)
+                wrapped.append(lora)
+    if not wrapped:
+        raise data.InputError(f"inject_lora: no nn.Linear named {targets} found")
+    return wrapped
+
+
+def merge_lora(module: nn.Module):
+    """Fold every LoRA update into its base weight and put plain nn.Linear layers back."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoRALinear):
+                child.merge()
+                setattr(parent, name, child.base)
+    return module
+
+
+# -----------------------------------------------------------------------------
+# Configuration: one dataclass, three presets.
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mld"           # mld | mdm
+    d_model: int = 128              # width of every transformer here (MLD: 256)
+    heads: int = 4
+    layers: int = 4                 # denoiser depth (MLD: 9, MDM: 8)
+    text_layers: int = 2
+    vae_layers: int = 3             # MLD VAE encoder and decoder depth each
+    latent_tokens: int = 2          # MLD latent shape (latent_tokens, latent_dim); MLD-1 uses (1, 256)
+    latent_dim: int = 32
+    patch: int = 4                  # frames per token
+    dropout: float = 0.0            # MLD/MDM 0.1; 0 on CPU, where Bernoulli masks cost a quarter of a step
+    max_words: int = 24
+    max_frames: int = data.MAX_LEN
+    kl_weight: float = 1e-4         # MLD's VAE KL weight
+    p_uncond: float = 0.1           # text dropped for classifier-free guidance
+    guidance: float = 7.5           # MLD 7.5, MDM 2.5
+    steps: int = 50                 # DDIM steps at sampling
+    eta: float = 0.0                # MLD 0 (ODE), MDM 1 (ancestral SDE)
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/synth"
+    out: str = "runs/synth/mld.pt"
+    backbone: str = "mld"
+    preset: str = "default"         # tiny | default | paper
+    vae_steps: int = 2500           # MLD stage 1 (ignored for MDM)
+    steps: int = 3000               # denoiser steps
+    batch_size: int = 64
+    lr: float = 2e-4                # MLD/MDM use 1e-4 with far longer schedules
+    weight_decay: float = 0.0
+    eval_every: int = 500
+    ckpt_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+PRESETS = {  # (ModelConfig overrides, TrainConfig overrides)
+    "tiny": ({"d_model": 32, "layers": 1, "text_layers": 1, "vae_layers": 1, "latent_dim": 8, "heads": 2},
+             {"vae_steps": 30, "steps": 40, "batch_size": 16, "eval_every": 20, "ckpt_every": 20, "lr": 1e-3}),
+    "default": ({}, {}),
+    "paper": ({"d_model": 256, "layers": 9, "vae_layers": 9, "text_layers": 4, "latent_tokens": 1, "latent_dim": 256,
+               "patch": 1, "dropout": 0.1}, {"vae_steps": 200_000, "steps": 300_000, "batch_size": 128, "lr": 1e-4,
+                             "eval_every": 5000, "ckpt_every": 5000}),
+}
+BACKBONE_DEFAULTS = {"mld": {}, "mdm": {"guidance": 2.5, "eta": 1.0}}
+
+
+def model_config(backbone: str, preset: str) -> ModelConfig:
+    if backbone not in BACKBONE_DEFAULTS:
+        raise data.InputError(f"--backbone {backbone!r}: choose mld or mdm")
+    if preset not in PRESETS:
+        raise data.InputError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    return ModelConfig(backbone=backbone, **BACKBONE_DEFAULTS[backbone], **PRESETS[preset][0])
+
+
+# -----------------------------------------------------------------------------
+# The seam shared by both backbones.
+
+
+@dataclass
+class Cond:
+    """Everything a denoising step needs besides x_t: the text (conditional and empty) and the masks."""
+    tokens: torch.Tensor            # (B, L, d) text tokens
+    pad: torch.Tensor               # (B, L) True = padding
+    tokens_u: torch.Tensor          # (B, L, d) the empty text (learned null token + padding) for CFG
+    pad_u: torch.Tensor
+    lengths: torch.Tensor           # (B,) frames
+    mask: torch.Tensor              # (B, T) True on real frames, T = max(lengths)
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab: data.Vocab):
+        super().__init__()
+        self.cfg, self.vocab = cfg, vocab
+        self.text = TextEncoder(len(vocab), cfg.d_model, cfg.text_layers, cfg.heads, cfg.dropout, cfg.max_words)
+        self.null_text = nn.Parameter(torch.randn(1, 1, cfg.d_model) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model))
+        self.register_buffer("mean", torch.zeros(0), persistent=True)   # dataset statistics, set by train()
+        self.register_buffer("std", torch.zeros(0), persistent=True)
+
+    @property
+    def device(self):
+        return self.null_text.device
+
+    def denoiser_parameters(self):
+        """theta of the paper: what fine-tuning may change (the VAE and the text encoder stay frozen)."""
+        return [p for n, p in self.named_parameters() if n.startswith(("denoiser.", "time_mlp.", "x_in.", "x_out.",
+                                                                       "pos"))]
+
+    def condition(self, texts: list, lengths) -> Cond:
+        lengths = torch.as_tensor(lengths, device=self.device).long()
+        if (lengths % self.cfg.patch).any() or lengths.min() < self.cfg.patch or lengths.max() > self.cfg.max_frames:
+            raise data.InputError(f"lengths must be multiples of {self.cfg.patch} frames in "
+                                  f"{self.cfg.patch}..{self.cfg.max_frames}, got {lengths.tolist()}")
+        ids, pad = self.vocab.batch(texts, self.cfg.max_words)
+        ids, pad = ids.to(self.device), pad.to(self.device)
+        tokens = self.text(ids, pad)
+        tokens_u = torch.cat([self.null_text.expand(len(texts), 1, -1), torch.zeros_like(tokens[:, 1:])], 1)
+        pad_u = torch.ones_like(pad)
+        pad_u[:, 0] = False
+        T = int(lengths.max())
+        return Cond(tokens, pad, tokens_u, pad_u, lengths, torch.arange(T, device=self.device)[None] < lengths[:, None])
+
+    def drop_text(self, cond: Cond, p: float) -> Cond:
+        """Classifier-free guidance training: replace each caption by the empty text with probability p."""
+        drop = torch.rand(len(cond.lengths), device=self.device) < p
+        return dataclasses.replace(cond, tokens=torch.where(drop[:, None, None], cond.tokens_u, cond.tokens),
+                                   pad=torch.where(drop[:, None], cond.pad_u, cond.pad))
+
+    def guided_output(self, x_t, t, cond: Cond, guidance: float):
+        """Network output with classifier-free guidance: out_u + w (out_c - out_u), both in one batch."""
+        t = torch.as_tensor(t, device=x_t.device).long().expand(len(x_t))
+        if guidance == 1.0:
+            return self.predict(x_t, t, cond.tokens, cond.pad, cond)
+        out = self.predict(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond.tokens, cond.tokens_u]),
+                           torch.cat([cond.pad, cond.pad_u]), cond, doubled=True)
+        out_c, out_u = out.chunk(2)
+        return out_u + guidance * (out_c - out_u)
+
+    def denoise_step(self, x_t, t, cond: Cond, guidance: float | None = None, eta: float | None = None, noise=None):
+        """pi_theta(x_t, t, c) of Eq. 2: one guided reverse step -> (x_{t-1}, x0_hat)."""
+        out = self.guided_output(x_t, t, cond, self.cfg.guidance if guidance is None else guidance)
+        x_prev, x0 = self.scheduler.step(out, t, x_t, self.cfg.eta if eta is None else eta, noise=noise)
+        return self.mask_latent(x_prev, cond), self.mask_latent(x0, cond)
+
+    def init_noise(self, cond: Cond, generator=None):
+        """x_T ~ N(0, I) in the backbone's sampling space."""
+        x = torch.randn(self.latent_shape(cond), generator=generator, device=self.device)
+        return self.mask_latent(x, cond)
+
+    def mask_latent(self, x, cond):
+        return x
+
+    @torch.no_grad()
+    def sample(self, texts, lengths, steps=None, guidance=None, eta=None, generator=None):
+        """The full reverse chain: normalised features (B, T, D), zero on padded frames."""
+        cond = self.condition(texts, lengths)
+        self.scheduler.set_timesteps(steps or self.cfg.steps)
+        x = self.init_noise(cond, generator)
+        eta = self.cfg.eta if eta is None else eta
+        for t in self.scheduler.timesteps:
+            noise = torch.randn(x.shape, generator=generator, device=self.device) if eta > 0 else None
+            x, _ = self.denoise_step(x, t, cond, guidance, eta, noise)
+        return self.decode(x, cond.mask)
+
+
+class MLD(Backbone):
+    """Motion latent diffusion: VAE (features <-> latent tokens) + eps-predicting latent denoiser."""
+
+    def __init__(self, cfg, vocab, dims):
+        super().__init__(cfg, vocab)
+        d, n, P = cfg.d_model, cfg.latent_tokens, cfg.patch
+        self.scheduler = DDIMScheduler("scaled_linear", "epsilon")
+        # VAE: [2n distribution tokens, patches] -> mu, logvar; decoder [z tokens, frame queries] -> patches
+        self.enc_in = nn.Linear(P * dims, d)
+        self.enc_tokens = nn.Parameter(torch.randn(1, 2 * n, d) * 0.02)
+        self.enc_pos = nn.Parameter(torch.randn(1, 2 * n + cfg.max_frames // P, d) * 0.02)
+        self.encoder = Transformer(d, cfg.vae_layers, cfg.heads, 2 * d, cfg.dropout)
+        self.enc_out = nn.Linear(d, cfg.latent_dim)
+        self.dec_in = nn.Linear(cfg.latent_dim, d)
+        self.dec_pos = nn.Parameter(torch.randn(1, n + cfg.max_frames // P, d) * 0.02)
+        self.decoder = Transformer(d, cfg.vae_layers, cfg.heads, 2 * d, cfg.dropout)
+        self.dec_out = nn.Linear(d, P * dims)
+        self.register_buffer("latent_scale", torch.ones(()))
+        self.latent_cache = None                   # {item name: mu}, filled once the VAE is frozen
+        # denoiser over [z tokens, time token, text tokens]
+        self.x_in, self.x_out = nn.Linear(cfg.latent_dim, d), nn.Linear(d, cfg.latent_dim)
+        self.pos = nn.Parameter(torch.randn(1, n + 1, d) * 0.02)
+        self.denoiser = Transformer(d, cfg.layers, cfg.heads, 2 * d, cfg.dropout)
+
+    def vae_parameters(self):
+        return [p for n, p in self.named_parameters() if n.startswith(("enc", "dec"))]
+
+    def latent_shape(self, cond):
+        return (len(cond.lengths), self.cfg.latent_tokens, self.cfg.latent_dim)
+
+    def encode(self, x, mask):
+        """(B, T, D) normalised features -> (mu, logvar), each (B, n, latent_dim), unscaled."""
+        n, P = self.cfg.latent_tokens, self.cfg.patch
+        h = self.enc_in(patchify(x, P))                                    # (B, T/P, d)
+        h = torch.cat([self.enc_tokens.expand(len(x), -1, -1), h], 1)
+        h = h + self.enc_pos[:, :h.shape[1]]
+        pad = torch.cat([torch.zeros_like(mask[:, :2 * n]), ~mask[:, ::P]], 1)
+        h = self.enc_out(self.encoder(h, pad)[:, :2 * n])
+        return h[:, :n], h[:, n:].clamp(-10, 10)
+
+    def decode(self, z, mask):
+        """Scaled latent (B, n, latent_dim) -> normalised features (B, T, D), zero where mask (B, T) is False."""
+        n, P = self.cfg.latent_tokens, self.cfg.patch
+        h = torch.cat([self.dec_in(z / self.latent_scale), torch.zeros(len(z), mask.shape[1] // P, self.cfg.d_model,
+                                                                       device=z.device)], 1)
+        h = h + self.dec_pos[:, :h.shape[1]]
+        pad = torch.cat([torch.zeros_like(mask[:, :n]), ~mask[:, ::P]], 1)
+        x = unpatchify(self.dec_out(self.decoder(h, pad)[:, n:]), P)
+        return x * mask[..., None]
+
+    def predict(self, z_t, t, tokens, pad, cond, doubled=False):
+        """eps_theta(z_t, t, c): (B, n, latent_dim)."""
+        n = self.cfg.latent_tokens
+        h = torch.cat([self.x_in(z_t), self.time_mlp(timestep_embedding(t, self.cfg.d_model))[:, None]], 1) + self.pos
+        h = torch.cat([h, tokens], 1)
+        pad = torch.cat([torch.zeros_like(pad[:, :n + 1]), pad], 1)
+        return self.x_out(self.denoiser(h, pad)[:, :n])
+
+    def diffusion_loss(self, batch, p_uncond=0.0):
+        """|| eps - eps_theta(z_t, t, c) ||^2 on the frozen VAE's (scaled) latent of the batch."""
+        cond = self.drop_text(self.condition(batch["captions"], batch["lengths"]), p_uncond)
+        if self.latent_cache is not None and all(n in self.latent_cache for n in batch["names"]):
+            mu = torch.stack([self.latent_cache[n] for n in batch["names"]])
+        else:
+            with torch.no_grad():
+                mu, _ = self.encode(batch["motion"], batch["mask"])
+        z0 = mu * self.latent_scale
+        t = torch.randint(0, 1000, (len(z0),), device=z0.device)
+        eps = torch.randn_like(z0)
+        return F.mse_loss(self.predict(self.scheduler.add_noise(z0, eps, t), t, cond.tokens, cond.pad, cond), eps)
+
+    @torch.no_grad()
+    def cache_latents(self, dataset, batch_size=128):
+        """Encode every training item once (whole clip) for the denoiser stage, where the VAE is frozen.
+        A random crop drops at most 4 frames of a clip, so its latent is the whole clip's to within noise."""
+        self.eval()
+        full = data.MotionTextDataset.__new__(data.MotionTextDataset)
+        full.__dict__.update(dataset.__dict__, deterministic=True)
+        self.latent_cache = {}
+        for b in data.loader(full, batch_size, shuffle=False):
+            mu, _ = self.encode(b["motion"].to(self.device), b["mask"].to(self.device))
+            self.latent_cache.update(zip(b["names"], mu))
+        self.train()
+
+    def vae_loss(self, batch, p_uncond=0.0):
+        """MLD stage 1: SmoothL1 reconstruction on real frames + kl_weight KL(q(z|x) || N(0, I))."""
+        mu, logvar = self.encode(batch["motion"], batch["mask"])
+        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+        rec = self.decode(z * self.latent_scale, batch["mask"])
+        m = batch["mask"][..., None]
+        rec_loss = (F.smooth_l1_loss(rec, batch["motion"], reduction="none") * m).sum() / (m.sum() * rec.shape[-1])
+        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
+        return rec_loss + self.cfg.kl_weight * kl
+
+
+class MDM(Backbone):
+    """Motion diffusion model: a transformer over [time, text tokens, motion patches] predicting x_0."""
+
+    def __init__(self, cfg, vocab, dims):
+        super().__init__(cfg, vocab)
+        d, P = cfg.d_model, cfg.patch
+        self.scheduler = DDIMScheduler("cosine", "sample")
+        self.x_in, self.x_out = nn.Linear(P * dims, d), nn.Linear(d, P * dims)
+        self.register_buffer("pos", timestep_embedding(torch.arange(cfg.max_frames // P), d)[None])  # fixed sinusoid
+        self.denoiser = Transformer(d, cfg.layers, cfg.heads, 2 * d, cfg.dropout)
+        self.dims = dims
+
+    def latent_shape(self, cond):
+        return (len(cond.lengths), cond.mask.shape[1], self.dims)
+
+    def mask_latent(self, x, cond):
+        return x * cond.mask[..., None]
+
+    def decode(self, x, mask):
+        return x * mask[..., None]                                       # already features
+
+    def predict(self, x_t, t, tokens, pad, cond, doubled=False):
+        """x0_theta(x_t, t, c): (B, T, D), padded frames are masked out of attention."""
+        P, L = self.cfg.patch, tokens.shape[1]
+        mask = torch.cat([cond.mask, cond.mask]) if doubled else cond.mask
+        h = self.x_in(patchify(x_t, P)) + self.pos[:, :x_t.shape[1] // P]
+        h = torch.cat([self.time_mlp(timestep_embedding(t, self.cfg.d_model))[:, None], tokens, h], 1)
+        pad = torch.cat([torch.zeros_like(pad[:, :1]), pad, ~mask[:, ::P]], 1)
+        return unpatchify(self.x_out(self.denoiser(h, pad)[:, 1 + L:]), P) * mask[..., None]
+
+    def diffusion_loss(self, batch, p_uncond=0.0):
+        """|| x_0 - x0_theta(x_t, t, c) ||^2 on real frames (MDM's 'we always predict x_start')."""
+        cond = self.drop_text(self.condition(batch["captions"], batch["lengths"]), p_uncond)
+        x0, m = batch["motion"], batch["mask"][..., None]
+        t = torch.randint(0, 1000, (len(x0),), device=x0.device)
+        x_t = self.mask_latent(self.scheduler.add_noise(x0, torch.randn_like(x0), t), cond)
+        return (((self.predict(x_t, t, cond.tokens, cond.pad, cond) - x0) ** 2) * m).sum() / (m.sum() * x0.shape[-1])
+
+
+def build_model(cfg: ModelConfig, vocab: data.Vocab, dims: int = 263) -> Backbone:
+    return (MLD if cfg.backbone == "mld" else MDM)(cfg, vocab, dims)
+
+
+def load_generator(path: str, device="cpu") -> Backbone:
+    """A pretrained (or fine-tuned) MLD / MDM from its checkpoint, in eval mode."""
+    ck = data.load_checkpoint(path, "generator")
+    try:
+        cfg = ModelConfig(**ck["model_config"])
+    except TypeError as e:
+        raise data.CheckpointError(f"{path}: model config does not match this code ({e})") from None
+    model = build_model(cfg, data.Vocab(ck["vocab"]), int(ck["dims"]))
+    model.mean, model.std = ck["model"]["mean"], ck["model"]["std"]  # size the statistics buffers first
+    data.load_state(model, ck["model"], path)
+    return model.to(device).eval()
+
+
+def generator_checkpoint(model: Backbone, train_cfg: TrainConfig | None = None, **extra) -> dict:
+    return {"kind": "generator", "model_config": dataclasses.asdict(model.cfg), "vocab": model.vocab.itos,
+            "dims": int(model.mean.shape[0]), "model": model.state_dict(),
+            "train_config": dataclasses.asdict(train_cfg) if train_cfg else None, **extra}
+
+
+# -----------------------------------------------------------------------------
+# Pretraining: one flat loop per stage (MLD: VAE, then denoiser with the VAE frozen; MDM: denoiser).
+
+
+@torch.no_grad()
+def validation_loss(model, loss_fn, val_batches, seed=0):
+    """Mean loss on fixed val batches with fixed noise, so successive values are comparable."""
+    model.eval()
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    losses = [loss_fn(b).item() for b in val_batches]
+    torch.random.set_rng_state(state)
+    model.train()
+    return float(np.mean(losses))
+
+
+def to_device(batch, device):
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train(tc: TrainConfig) -> Backbone:
+    data.seed_everything(tc.seed)
+    device = data.pick_device(tc.device)
+    mc = model_config(tc.backbone, tc.preset)
+    train_set = data.MotionTextDataset(tc.data, "train", seed=tc.seed)
+    val_set = data.MotionTextDataset(tc.data, "val", seed=tc.seed + 1, deterministic=True)
+    vocab = data.build_vocab(tc.data)
+    model = build_model(mc, vocab, train_set.dims).to(device)
+    model.mean, model.std = torch.tensor(train_set.mean, device=device), torch.tensor(train_set.std, device=device)
+    val_batches = [to_device(b, device) for b in data.loader(val_set, tc.batch_size, shuffle=False)][:4]
+    stages = ([("vae", tc.vae_steps)] if mc.backbone == "mld" else []) + [("denoiser", tc.steps)]
+    start_stage, start_step, opt_state, log = 0, 0, None, []
+    if tc.resume and os.path.isfile(tc.out):
+        ck = data.load_checkpoint(tc.out, "generator")
+        if ck["model_config"] != dataclasses.asdict(mc):
+            raise data.CheckpointError(f"{tc.out}: --resume with a different model config "
+                                       f"(checkpoint {ck['model_config']}, asked {dataclasses.asdict(mc)})")
+        data.load_state(model, ck["model"], tc.out)
+        start_stage, start_step, opt_state, log = ck["stage"], ck["step"], ck["optimizer"], ck["log"]
+        torch.set_rng_state(ck["rng"])
+        print(f"resumed {tc.out} at stage {stages[min(start_stage, len(stages) - 1)][0]} step {start_step}")
+    print(f"{mc.backbone}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
+    data.print_config(mc, "model")
+    data.print_config(tc, "train")
+    t0 = time.time()
+    for si, (stage, n_steps) in enumerate(stages):
+        if si < start_stage:
+            continue
+        if stage == "denoiser" and mc.backbone == "mld" and model.latent_cache is None:
+            model.cache_latents(train_set)
+        if stage == "vae":
+            params, loss_fn = model.vae_parameters(), model.vae_loss
+        else:
+            params, loss_fn = [p for n, p in model.named_parameters() if not n.startswith(("enc", "dec"))], \
+                model.diffusion_loss
+        opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        step = start_step if si == start_stage else 0
+        if opt_state is not None and si == start_stage:
+            opt.load_state_dict(opt_state)
+        model.train()
+        batches = iter(())
+        bar = tqdm(range(step, n_steps), desc=f"{mc.backbone} {stage}", initial=step, total=n_steps, mininterval=2)
+        for step in bar:
+            # 1) batch  2) forward + loss  3) backward, clip, step  4) eval / checkpoint
+            try:
+                batch = next(batches)
+            except StopIteration:
+                batches = iter(data.loader(train_set, tc.batch_size, shuffle=True, seed=tc.seed + step, drop_last=True))
+                batch = next(batches)
+            loss = loss_fn(to_device(batch, device), mc.p_uncond)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            last = step + 1 == n_steps
+            if (step + 1) % tc.eval_every == 0 or last:
+                val = validation_loss(model, loss_fn, val_batches)
+                log.append({"stage": stage, "step": step + 1, "train_loss": loss.item(), "val_loss": val,
+                            "time_s": time.time() - t0})
+                tqdm.write(f"{stage} step {step + 1}: train {loss.item():.4f}  val {val:.4f}")
+            if last and stage == "vae":
+                model.latent_scale.fill_(latent_std(model, train_set, device) ** -1)
+                model.cache_latents(train_set)
+            if (step + 1) % tc.ckpt_every == 0 or last:
+                done = last and si == len(stages) - 1
+                nxt = (si + 1, 0) if last else (si, step + 1)
+                data.atomic_save(generator_checkpoint(model, tc, stage=nxt[0], step=nxt[1], optimizer=None if last
+                                 else opt.state_dict(), rng=torch.get_rng_state(), log=log, done=done), tc.out)
+        opt_state = None
+    print(f"trained {mc.backbone} in {time.time() - t0:.0f}s -> {tc.out}")
+    return model.eval()
+
+
+@torch.no_grad()
+def latent_std(model, dataset, device, batches=8):
+    """Std of the VAE means over training clips; the latent is divided by it before diffusion."""
+    model.eval()
+    mus = [model.encode(b["motion"], b["mask"])[0] for b in
+           (to_device(b, device) for b, _ in zip(data.loader(dataset, 64, shuffle=True), range(batches)))]
+    model.train()
+    return float(torch.cat(mus).std())
+
+
+# -----------------------------------------------------------------------------
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="pretrain MLD or MDM on a HumanML3D-format folder")
+    data.add_config_args(t, TrainConfig)
+    s = sub.add_parser("sample", help="generate one motion from a caption")
+    s.add_argument("--ckpt", required=True)
+    s.add_argument("--text", required=True)
+    s.add_argument("--seconds", type=float, default=4.0)
+    s.add_argument("--out", default="motion.npy", help="features (T, D); joints go to <out>_joints.npy")
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--guidance", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    a = p.parse_args()
+    if a.cmd == "train":
+        tc = data.config_from_args(TrainConfig, a)
+        mc_over, tc_over = PRESETS.get(tc.preset, ({}, {}))
+        model_config(tc.backbone, tc.preset)                              # validates backbone and preset
+        defaults = TrainConfig()
+        for k, v in tc_over.items():                                      # a preset changes only unset flags
+            if getattr(tc, k) == getattr(defaults, k):
+                setattr(tc, k, v)
+        if not os.path.isdir(tc.data):
+            raise data.InputError(f"--data {tc.data}: folder not found (make one with python data.py synth)")
+        train(tc)
+    else:
+        device = data.pick_device(a.device)
+        model = load_generator(a.ckpt, device)
+        frames = int(round(a.seconds * 20 / model.cfg.patch)) * model.cfg.patch
+        if not model.cfg.patch <= frames <= model.cfg.max_frames:
+            raise data.InputError(f"--seconds {a.seconds}: must give 1..{model.cfg.max_frames} frames")
+        g = torch.Generator(device=device).manual_seed(a.seed)
+        feats = model.sample([a.text], [frames], a.steps, a.guidance, generator=g)[0]
+        feats = (feats * model.std + model.mean).cpu().numpy()
+        joints = data.recover_from_ric(feats)
+        stem = os.path.splitext(a.out)[0]
+        np.save(a.out, feats)
+        np.save(f"{stem}_joints.npy", joints)
+        print(f"wrote {a.out} {feats.shape} and {stem}_joints.npy {joints.shape}")
+
+
+if __name__ == "__main__":
+    data.cli(main)

@@ -1,0 +1,93 @@
+"""metrics.py: the T2M metrics against closed forms, the saved-tensor memory meter on graphs whose
+saved bytes are known, and a tiny evaluator that retrieves real test pairs above chance."""
+import numpy as np
+import pytest
+import torch
+
+import metrics
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    x = np.random.default_rng(0).normal(size=(500, 8))
+    assert abs(metrics.fid(x, x)) < 1e-6
+
+
+def test_fid_of_two_gaussians_matches_the_closed_form():
+    """For diagonal Gaussians: |mu1 - mu2|^2 + sum(s1 + s2 - 2 sqrt(s1 s2))."""
+    rng = np.random.default_rng(1)
+    mu1, mu2 = np.array([0.0, 1.0, -1.0, 2.0]), np.array([0.5, 0.0, -1.0, 1.0])
+    s1, s2 = np.array([1.0, 4.0, 0.25, 1.0]), np.array([2.0, 1.0, 0.25, 9.0])
+    x = mu1 + np.sqrt(s1) * rng.normal(size=(200_000, 4))
+    y = mu2 + np.sqrt(s2) * rng.normal(size=(200_000, 4))
+    closed = ((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
+    assert abs(metrics.fid(x, y) - closed) < 0.05 * closed
+
+
+def test_r_precision_bounds():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(640, 16))
+    (r1, r2, r3), mm = metrics.r_precision(emb, emb, rng)
+    assert r1 == r2 == r3 == 1.0 and mm < 1e-6                              # perfectly matched
+    (r1, r2, r3), _ = metrics.r_precision(rng.normal(size=(6400, 16)), rng.normal(size=(6400, 16)), rng)
+    for k, r in enumerate((r1, r2, r3), 1):                                  # random: about k / 32
+        assert abs(r - k / 32) < 0.02
+
+
+def test_diversity_and_multimodality():
+    rng = np.random.default_rng(0)
+    assert metrics.diversity(np.ones((400, 5)), rng) == 0.0
+    x = rng.normal(size=(20000, 3))
+    assert abs(metrics.diversity(x, rng) - 2.0 ** 0.5 * 1.596) < 0.15     # E|a - b| for 3-d N(0, 2I)
+    assert metrics.multimodality(np.zeros((10, 30, 4)), rng) == 0.0
+
+
+def test_confidence_interval():
+    c = metrics.confidence([1.0, 2.0, 3.0, 4.0])
+    assert c["mean"] == 2.5 and abs(c["ci"] - 1.96 * np.std([1, 2, 3, 4]) / 2) < 1e-12
+
+
+def test_memory_meter_counts_known_saved_bytes():
+    lin = torch.nn.Linear(100, 100)
+    x = torch.randn(10, 100, requires_grad=True)
+    with metrics.SavedTensorMeter(lin) as m:
+        h = lin(x)            # saves x (4000 B); the weight is a parameter: excluded
+        y = h.sin()           # saves h (4000 B)
+        z = (x * x).sum()     # saves x twice: already counted
+        loss = y.sum() + z
+    assert m.peak == 2 * 10 * 100 * 4
+    assert m.current == 8000
+    loss.backward()
+    del loss, y, z, h
+    assert m.current == 0                                                   # frees tracked
+
+
+def test_memory_meter_grows_with_a_kept_graph_and_not_with_detached_steps():
+    lin = torch.nn.Linear(64, 64)
+    def chain(T, detach):
+        x = torch.randn(8, 64)
+        with metrics.SavedTensorMeter(lin) as m:
+            for _ in range(T):
+                x = torch.tanh(lin(x.detach() if detach else x))
+                if detach:
+                    x.sum().backward()
+            if not detach:
+                x.sum().backward()
+        return m.peak
+    # kept chain: x_0 plus each tanh output (which is also the next layer's input, counted once)
+    step_bytes = 8 * 64 * 4
+    assert chain(2, False) == 3 * step_bytes and chain(10, False) == 11 * step_bytes   # O(T)
+    assert chain(10, True) == chain(2, True) == 2 * step_bytes                         # O(1): one step at a time
+
+
+@pytest.fixture(scope="module")
+def tiny_evaluator(tiny_data, tmp_path_factory):
+    cfg = metrics.EvaluatorConfig(data=tiny_data, out=str(tmp_path_factory.mktemp("ev") / "ev.pt"),
+                                  **metrics.EVALUATOR_PRESETS["tiny"])
+    metrics.train_evaluator(cfg)
+    return metrics.load_evaluator(cfg.out)
+
+
+def test_tiny_evaluator_retrieves_above_chance(tiny_evaluator, tiny_data):
+    real = metrics.evaluate_real(tiny_evaluator, tiny_data, replications=3, seed=0)
+    assert real["R1"]["mean"] > 3 / 32                                        # chance is 1/32
+    assert real["R3"]["mean"] > 0.3 and real["FID"]["mean"] < 1.0

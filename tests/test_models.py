@@ -1,0 +1,185 @@
+"""models.py: the sampler against closed forms, LoRA, tiny pretraining, checkpoints and their errors."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def alpha_bar_np(kind):
+    """An independent numpy computation of the schedules' cumulative alphas."""
+    if kind == "scaled_linear":
+        betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    else:
+        f = lambda t: np.cos((t / 1000 + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+        betas = np.minimum(1 - f(np.arange(1, 1001)) / f(np.arange(1000)), 0.999)
+    return np.cumprod(1 - betas)
+
+
+def test_schedules_match_published_values():
+    s = models.DDIMScheduler("scaled_linear")
+    assert abs(s.alpha_bar[0].item() - 0.99915) < 1e-5                  # MLD, motion.md
+    assert abs(s.alpha_bar[999].item() - 0.00466) < 1e-5
+    assert np.allclose(models.DDIMScheduler("cosine").alpha_bar.numpy(), alpha_bar_np("cosine"), atol=1e-6)
+    s.set_timesteps(50)
+    assert s.timesteps[:3].tolist() == [981, 961, 941] and s.timesteps[-1].item() == 1
+
+
+@pytest.mark.parametrize("kind,pred", [("scaled_linear", "epsilon"), ("cosine", "sample")])
+def test_ddim_step_is_the_closed_form(kind, pred):
+    ab = alpha_bar_np(kind)
+    s = models.DDIMScheduler(kind, pred)
+    s.set_timesteps(50)
+    g = torch.Generator().manual_seed(0)
+    x_t, out = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    t = 481
+    x_prev, x0 = s.step(out, t, x_t)
+    a, a_prev = ab[t], ab[t - 20]
+    xt, o = x_t.double().numpy(), out.double().numpy()
+    if pred == "epsilon":
+        x0_ref, eps = (xt - np.sqrt(1 - a) * o) / np.sqrt(a), o
+    else:
+        x0_ref, eps = o, (xt - np.sqrt(a) * o) / np.sqrt(1 - a)
+    assert np.allclose(x0.numpy(), x0_ref, atol=1e-4)
+    assert np.allclose(x_prev.numpy(), np.sqrt(a_prev) * x0_ref + np.sqrt(1 - a_prev) * eps, atol=1e-4)
+
+
+def test_perfect_prediction_recovers_x0():
+    s = models.DDIMScheduler("scaled_linear", "epsilon")
+    x0, eps = torch.randn(4, 2, 8), torch.randn(4, 2, 8)
+    t = torch.tensor([1, 201, 601, 981])
+    _, x0_hat = s.step(eps, t, s.add_noise(x0, eps, t))
+    assert torch.allclose(x0_hat, x0, atol=1e-3)
+
+
+def test_eta_one_is_the_ddpm_posterior():
+    """With 1000 steps and eta = 1, one step samples q(x_{t-1} | x_t, x0): its mean is the posterior
+    mean and its std the posterior std sqrt(beta~_t)."""
+    ab = alpha_bar_np("scaled_linear")
+    s = models.DDIMScheduler("scaled_linear", "sample")
+    s.set_timesteps(1000)
+    x0, x_t, z = torch.randn(2, 6), torch.randn(2, 6), torch.randn(2, 6)
+    t = 500
+    mean, _ = s.step(x0, t, x_t, eta=1.0, noise=torch.zeros_like(z))
+    noisy, _ = s.step(x0, t, x_t, eta=1.0, noise=z)
+    beta = 1 - ab[t] / ab[t - 1]
+    mu = np.sqrt(ab[t - 1]) * beta / (1 - ab[t]) * x0.numpy() + np.sqrt(1 - beta) * (1 - ab[t - 1]) / (1 - ab[t]) * x_t.numpy()
+    assert np.allclose(mean.numpy(), mu, atol=1e-4)
+    sigma = np.sqrt((1 - ab[t - 1]) / (1 - ab[t]) * beta)
+    assert np.allclose((noisy - mean).numpy(), sigma * z.numpy(), atol=1e-5)
+
+
+def test_per_sample_timesteps_match_one_at_a_time():
+    s = models.DDIMScheduler("cosine", "sample")
+    x_t, out = torch.randn(3, 4, 7), torch.randn(3, 4, 7)
+    t = torch.tensor([21, 481, 981])
+    batched, _ = s.step(out, t, x_t)
+    for i in range(3):
+        single, _ = s.step(out[i:i + 1], int(t[i]), x_t[i:i + 1])
+        assert torch.allclose(batched[i], single[0], atol=1e-6)
+
+
+def test_lora_starts_as_identity_trains_only_adapters_and_merges():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 6))
+    net.add_module("q", torch.nn.Linear(6, 6))
+    x = torch.randn(5, 6)
+    before = net(x).detach()
+    (lora,) = models.inject_lora(net, r=2, alpha=4, targets=("q",))
+    assert torch.allclose(net(x), before)                                # B = 0: nothing changes yet
+    net(x).pow(2).sum().backward()
+    grads = {n for n, p in net.named_parameters() if p.grad is not None}
+    assert grads == {"q.lora_A", "q.lora_B"} or grads == {"q.lora_B"}    # only the adapter trains
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    adapted = net(x).detach()
+    models.merge_lora(net)
+    assert isinstance(net.q, torch.nn.Linear) and torch.allclose(net(x), adapted, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_mld(tiny_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("mld") / "mld.pt")
+    tc = models.TrainConfig(data=tiny_data, out=out, backbone="mld", preset="tiny", **models.PRESETS["tiny"][1])
+    models.train(tc)
+    return out
+
+
+def test_tiny_pretraining_lowers_val_loss_and_samples(tiny_mld, tiny_data, tmp_path):
+    ck = data.load_checkpoint(tiny_mld, "generator")
+    for stage in ("vae", "denoiser"):
+        vals = [e["val_loss"] for e in ck["log"] if e["stage"] == stage]
+        assert vals[-1] < vals[0], (stage, vals)
+    model = models.load_generator(tiny_mld)
+    x = model.sample(["a person waves the left hand", "a person jumps"], [48, 80], steps=5)
+    assert x.shape == (2, 80, 263) and torch.isfinite(x).all() and (x[0, 48:] == 0).all()
+
+
+def test_mdm_tiny_trains(tiny_data, tmp_path):
+    tc = models.TrainConfig(data=tiny_data, out=str(tmp_path / "mdm.pt"), backbone="mdm", preset="tiny",
+                            **{**models.PRESETS["tiny"][1], "steps": 20})
+    model = models.train(tc)
+    x = model.sample(["a person kicks"], [44], steps=4)
+    assert x.shape == (1, 44, 263) and torch.isfinite(x).all()
+
+
+def test_checkpoint_round_trip_and_clear_errors(tiny_mld, tmp_path):
+    a = models.load_generator(tiny_mld)
+    b = models.load_generator(tiny_mld)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(a.sample(["a person bows"], [40], steps=3, generator=g1),
+                       b.sample(["a person bows"], [40], steps=3, generator=g2))   # same seed, same sample
+    ck = torch.load(tiny_mld, weights_only=True)
+    ck["model_config"]["d_model"] = 48                                    # mismatched config
+    bad = str(tmp_path / "bad.pt")
+    torch.save(ck, bad)
+    with pytest.raises(data.CheckpointError, match=r"bad\.pt: does not fit the model config: shape mismatch"):
+        models.load_generator(bad)
+    with open(tiny_mld, "rb") as f:
+        blob = f.read()
+    with open(tmp_path / "cut.pt", "wb") as f:                            # truncated file
+        f.write(blob[: len(blob) // 2])
+    with pytest.raises(data.CheckpointError, match=r"cut\.pt: corrupt or truncated"):
+        models.load_generator(str(tmp_path / "cut.pt"))
+    with pytest.raises(data.CheckpointError, match="not found"):
+        models.load_generator(str(tmp_path / "missing.pt"))
+
+
+def test_resume_continues_the_step_count(tiny_data, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "r.pt")
+    tc = models.TrainConfig(data=tiny_data, out=out, backbone="mdm", preset="tiny",
+                            **{**models.PRESETS["tiny"][1], "steps": 40, "eval_every": 10, "ckpt_every": 10})
+    real, calls = models.validation_loss, {"n": 0}
+
+    def crash_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt                                      # dies at step 30, after the step-20 save
+        return real(*a, **k)
+
+    monkeypatch.setattr(models, "validation_loss", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        models.train(tc)
+    assert data.load_checkpoint(out)["step"] == 20
+    monkeypatch.setattr(models, "validation_loss", real)
+    models.train(dataclasses.replace(tc, resume=True))
+    assert "resumed" in capsys.readouterr().out
+    ck = data.load_checkpoint(out)
+    assert ck["done"] and [e["step"] for e in ck["log"]] == [10, 20, 30, 40]
+
+
+def test_cli_bad_input_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "models.py"), "sample", "--ckpt", str(tmp_path / "x.pt"),
+                        "--text", "a person walks"], capture_output=True, text=True)
+    assert r.returncode == 2 and "x.pt: checkpoint not found" in r.stderr
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "models.py"), "train", "--backbone", "gpt",
+                        "--data", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--backbone 'gpt'" in r.stderr
