@@ -1,0 +1,382 @@
+r"""
+spl.py -- the reward R_phi: a noise-aware text-motion retrieval model (paper Sec. 4.2, Eq. 11-12)
+refined by Self-refining Preference Learning (Eq. 13-17, Algorithm 2, App. B.4).
+
+Reward (Eq. 11)   R_phi(x, t, c) = tau * cos(E_M(x, t), E_T(c)): TMR-style transformers, one over
+                  4-frame patches of normalised motion features with a [CLS] token and a noise-level
+                  token, one over caption words (models.TextEncoder, its own weights); tau is learned
+                  (initialised at 10, i.e. temperature 0.1, clamped to [1, 100] like CLIP's logit scale).
+Pretraining       symmetric InfoNCE on R_phi, captions that say the same thing (same content words)
+                  masked out as negatives, and noise-aware: each motion is, with probability 1/2,
+                  replaced by x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t ~ U[0, 500] of
+                  MDM's cosine schedule.
+Noise space       The noise is added to the *normalised 263-d features*, and the noise-level token
+                  embeds log(alpha_bar / (1 - alpha_bar)), not an integer t, so the reward reads any
+                  schedule: MDM's x_t (feature space) is exactly what it was trained on. MLD's x_t is a
+                  noisy *latent*; decoding it does not give feature-space noise, so for MLD the
+                  step-aware reward of Eq. 12 is the one-step prediction R_phi(decode(x0_hat), 0, c)
+                  (the official EasyTune code scores x0_hat too), and R_phi(decode(x_{t-1}), t-1, c) is
+                  an option that reads the reward off its training distribution.
+SPL (Alg. 2)      per batch, the batch is the retrieval pool: every caption scores every motion
+                  (Eq. 11); if its ground truth is not in the top-k (k = 10) the pair (x_w = ground
+                  truth, x_l = best-scoring wrong motion) is mined (Eq. 13-14), P = softmax(R(x_w), R(x_l))
+                  (Eq. 15), Q = (1, 0) (Eq. 16), loss KL(Q || P) (Eq. 17); rows where retrieval succeeds
+                  (Q = (0.5, 0.5), x_w = x_l, KL = 0) keep the contrastive objective (App. B.4).
+                  The failure ratio is logged per epoch (the paper aims at about 1:20).
+
+Notation (code -> paper): R -> R_phi, tau -> tau, E_M / E_T -> motion_embed / text_embed,
+x_w / x_l -> winner / loser, P, Q -> P, Q, k -> k (top-k), alpha_bar -> \bar{alpha}_t.
+
+NOTE (deviations): no VAE branch, decoder or reconstruction loss (TMR has them; only the contrastive
+embedding is used as a reward); the official code mixes SPL at weight 1e-2 into the full contrastive
+loss with a doubled temperature -- this follows the paper's per-row switch; "near-duplicate" captions
+are found by their content words, not by a sentence-embedding model (no download).
+
+Run:  python spl.py pretrain --data data/synth --out runs/synth/reward_pre.pt
+      python spl.py spl --init runs/synth/reward_pre.pt --out runs/synth/reward.pt
+      python spl.py bench --reward runs/synth/reward_pre.pt runs/synth/reward.pt --data data/synth
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import models
+
+
+@dataclass
+class RewardConfig:
+    data: str = "data/synth"
+    out: str = "runs/synth/reward.pt"
+    init: str = ""                  # spl: the pretrained reward to refine
+    preset: str = "default"         # tiny | default
+    d_model: int = 128
+    heads: int = 4
+    layers: int = 3                 # motion encoder (TMR: 6)
+    text_layers: int = 2
+    embed_dim: int = 128
+    patch: int = 4
+    tau: float = 10.0               # initial R scale = 1 / InfoNCE temperature 0.1
+    p_noise: float = 0.5            # fraction of motions replaced by x_t
+    max_t: int = 500                # t ~ U[0, max_t] of the cosine schedule (official EasyTune: [0, 500])
+    steps: int = 1500               # pretraining steps (spl: steps of preference fine-tuning)
+    batch_size: int = 64            # also the retrieval pool of SPL (256 there)
+    lr: float = 5e-4                # official: 1e-4 pretrain, 1e-5 SPL (far longer schedules)
+    spl_k: int = 3                  # paper: 10 in pools of 32; chosen here for a ~1:20 failure ratio
+    spl_weight: float = 1.0         # 0 gives the control run: the same steps, contrastive on every row
+    seed: int = 7
+    device: str = "auto"
+
+
+PRESETS = {"tiny": {"d_model": 32, "heads": 2, "layers": 1, "text_layers": 1, "embed_dim": 32, "steps": 60,
+                    "batch_size": 32, "lr": 2e-3},
+           "default": {}}
+SPL_DEFAULTS = {"steps": 150, "lr": 1e-4, "batch_size": 256}   # `spl` defaults (pool of 256 motions)
+STOP = set("a an the person someone somebody man woman human figure he she they his her their is and then".split())
+
+
+class Reward(nn.Module):
+    """R_phi(x, t, c): normalised features (B, T, D) + lengths + noise level + captions -> (B,) or (B, B)."""
+
+    def __init__(self, cfg: RewardConfig, vocab: data.Vocab, dims: int):
+        super().__init__()
+        self.cfg, self.vocab = cfg, vocab
+        d = cfg.d_model
+        self.x_in = nn.Linear(cfg.patch * dims, d)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.noise_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.register_buffer("pos", models.timestep_embedding(torch.arange(2 + data.MAX_LEN // cfg.patch), d)[None])
+        self.motion = models.Transformer(d, cfg.layers, cfg.heads, 2 * d, 0.0)
+        self.motion_out = nn.Linear(d, cfg.embed_dim)
+        self.text = models.TextEncoder(len(vocab), d, cfg.text_layers, cfg.heads, 0.0, 24)
+        self.text_out = nn.Linear(d, cfg.embed_dim)
+        self.log_tau = nn.Parameter(torch.tensor(math.log(cfg.tau)))
+        self.register_buffer("mean", torch.zeros(dims))
+        self.register_buffer("std", torch.ones(dims))
+
+    @property
+    def tau(self):
+        return self.log_tau.clamp(0.0, math.log(100.0)).exp()
+
+    def motion_embed(self, x, lengths, alpha_bar=None):
+        """E_M(x, t): (B, T, D) normalised features, lengths (B,), alpha_bar (B,) or None (clean)
+        -> unit vectors (B, embed_dim)."""
+        B, P = len(x), self.cfg.patch
+        ab = torch.ones(B, device=x.device) if alpha_bar is None else torch.as_tensor(alpha_bar, device=x.device).expand(B)
+        log_snr = torch.log(ab / (1 - ab).clamp(min=1e-8)).clamp(-10, 10)    # clean -> 10
+        noise_tok = self.noise_mlp(models.timestep_embedding((10 - log_snr) * 50, self.cfg.d_model))[:, None]
+        h = self.x_in(models.patchify(x, P))                                   # (B, T/P, d)
+        h = torch.cat([self.cls.expand(B, 1, -1), noise_tok, h], 1) + self.pos[:, :2 + h.shape[1]]
+        frames = torch.arange(x.shape[1] // P, device=x.device)[None] * P
+        pad = torch.cat([torch.zeros(B, 2, dtype=torch.bool, device=x.device), frames >= lengths[:, None].to(x.device)], 1)
+        return F.normalize(self.motion_out(self.motion(h, pad)[:, 0]), dim=-1)
+
+    def text_embed(self, captions):
+        ids, pad = self.vocab.batch(captions)
+        return F.normalize(self.text_out(self.text(ids.to(self.mean.device), pad.to(self.mean.device))[:, 0]), dim=-1)
+
+    def forward(self, x, lengths, captions, alpha_bar=None):
+        """Eq. 11, paired: R_phi(x_i, t_i, c_i) for each i -> (B,)."""
+        return self.tau * (self.motion_embed(x, lengths, alpha_bar) * self.text_embed(captions)).sum(-1)
+
+    def log_prob(self, x, lengths, captions, bank, alpha_bar=None):
+        """The contrastive form used for fine-tuning: log p(c | x) among {c} and a bank of training
+        captions, tau cos(x, c) - logsumexp_{c'} tau cos(x, c'). It saturates once x is retrieved by
+        its caption, so gradient ascent cannot buy reward with more of a correlated cue. (B,)"""
+        m = self.motion_embed(x, lengths, alpha_bar)
+        pos = self.tau * (m * self.text_embed(captions)).sum(-1)
+        return pos - torch.logsumexp(torch.cat([pos[:, None], self.tau * m @ bank.T], 1), 1)
+
+    @torch.no_grad()
+    def caption_bank(self, root, n=512, seed=0):
+        """Embeddings (n, embed_dim) of n distinct captions of the *training* split."""
+        caps = sorted({c for name in data.read_split(root, "train") for c, _, _, _ in data.load_captions(root, name)})
+        pick = np.random.default_rng(seed).choice(len(caps), min(n, len(caps)), replace=False)
+        return self.text_embed([caps[i] for i in pick])
+
+    def scores(self, x, lengths, captions, alpha_bar=None):
+        """Eq. 11 for every (caption i, motion j) -> (B, B)."""
+        return self.tau * self.text_embed(captions) @ self.motion_embed(x, lengths, alpha_bar).T
+
+
+def same_meaning(captions):
+    """(B, B) bool: captions with the same content words (ignoring subjects, articles, 'then')."""
+    bags = [frozenset(data.words(c)) - STOP for c in captions]
+    return torch.tensor([[a == b for b in bags] for a in bags])
+
+
+def noisy(x, mask, max_t, p, scheduler):
+    """Replace each motion, with probability p, by a forward-process sample x_t (normalised feature
+    space, cosine schedule); -> (x or x_t, alpha_bar per item, 1.0 for the clean ones)."""
+    B = len(x)
+    t = torch.randint(0, max_t + 1, (B,), device=x.device)
+    ab = scheduler.alpha_bar.to(x.device)[t]
+    use = torch.rand(B, device=x.device) < p
+    x_t = scheduler.add_noise(x, torch.randn_like(x), t) * mask[..., None]
+    return torch.where(use[:, None, None], x_t, x), torch.where(use, ab, torch.ones_like(ab))
+
+
+def info_nce_rows(S, dup):
+    """Symmetric InfoNCE with duplicates masked as negatives, per row: (B,)."""
+    eye = torch.eye(len(S), dtype=torch.bool, device=S.device)
+    S = S.masked_fill(dup.to(S.device) & ~eye, float("-inf"))
+    target = torch.arange(len(S), device=S.device)
+    return 0.5 * (F.cross_entropy(S, target, reduction="none") + F.cross_entropy(S.T, target, reduction="none"))
+
+
+def mine_pairs(S, dup, k):
+    """Eq. 13-14 on a score matrix S (captions x motions, ground truth on the diagonal).
+    -> (failed (B,) bool: ground truth outside the top-k, loser (B,) index of the best wrong motion).
+    Motions whose caption means the same as the query are not 'wrong' and are skipped."""
+    eye = torch.eye(len(S), dtype=torch.bool, device=S.device)
+    other = S.masked_fill(dup.to(S.device) | eye, float("-inf"))
+    loser = other.argmax(1)
+    rank = (other > S.diagonal()[:, None]).sum(1)                              # wrong motions above the truth
+    return rank >= k, loser
+
+
+def spl_loss(r_w, r_l, failed):
+    """Eq. 15-17: KL(Q || P) with P = softmax(R(x_w), R(x_l)), Q = (1, 0) for mined pairs and
+    (0.5, 0.5) otherwise (there x_l = x_w, so P = Q and the loss is 0). -> (B,)."""
+    logp = torch.log_softmax(torch.stack([r_w, r_l], -1), -1)
+    q = torch.where(failed[:, None], torch.tensor([1.0, 0.0], device=r_w.device), torch.tensor([0.5, 0.5], device=r_w.device))
+    return (q * (torch.log(q.clamp(min=1e-12)) - logp)).sum(-1)               # 0 log 0 = 0
+
+
+def build(cfg: RewardConfig, device):
+    vocab = data.build_vocab(cfg.data)
+    train_set = data.MotionTextDataset(cfg.data, "train", seed=cfg.seed)
+    model = Reward(cfg, vocab, train_set.dims).to(device)
+    model.mean.copy_(torch.tensor(train_set.mean)), model.std.copy_(torch.tensor(train_set.std))
+    return model, train_set
+
+
+def train(cfg: RewardConfig, mode: str) -> Reward:
+    """mode 'pretrain': contrastive, noise-aware. mode 'spl': Algorithm 2 from cfg.init."""
+    data.seed_everything(cfg.seed)
+    device = data.pick_device(cfg.device)
+    if mode == "spl":
+        model = load_reward(cfg.init, device).train()
+        if model.vocab.itos != data.build_vocab(cfg.data).itos:
+            raise data.InputError(f"--init {cfg.init}: trained on another dataset's vocabulary than {cfg.data}")
+        train_set = data.MotionTextDataset(cfg.data, "train", seed=cfg.seed)
+        model.cfg = dataclasses.replace(model.cfg, **{k: getattr(cfg, k) for k in
+                                                      ("steps", "lr", "batch_size", "spl_k", "spl_weight", "data",
+                                                       "out", "init")})
+    else:
+        model, train_set = build(cfg, device)
+    sched = models.DDIMScheduler("cosine", "sample")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    data.print_config(cfg, f"reward {mode}")
+    t0, log, epoch_stats, batches = time.time(), [], defaultdict(float), iter(())
+    bar = tqdm(range(cfg.steps), desc=f"reward {mode}", mininterval=2)
+    for step in bar:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            if epoch_stats["rows"]:
+                log.append({"step": step, "failure_ratio": epoch_stats["failed"] / epoch_stats["rows"],
+                            "loss": epoch_stats["loss"] / epoch_stats["batches"]})
+                tqdm.write(f"{mode} epoch {len(log)}: retrieval failures {epoch_stats['failed']:.0f}/"
+                           f"{epoch_stats['rows']:.0f} (1:{epoch_stats['rows'] / max(epoch_stats['failed'], 1):.0f})")
+                epoch_stats = defaultdict(float)
+            batches = iter(data.loader(train_set, cfg.batch_size, True, seed=cfg.seed + step, drop_last=True))
+            batch = next(batches)
+        x, mask = batch["motion"].to(device), batch["mask"].to(device)
+        x, ab = noisy(x, mask, cfg.max_t, cfg.p_noise, sched)
+        S = model.scores(x, batch["lengths"].to(device), batch["captions"], ab)     # (B, B) Eq. 11
+        dup = same_meaning(batch["captions"])
+        contrast = info_nce_rows(S, dup)
+        if mode == "spl":                                                         # Algorithm 2
+            with torch.no_grad():
+                failed, loser = mine_pairs(S, dup, cfg.spl_k)                     # step 1: mining
+            rows = torch.arange(len(S), device=device)
+            pref = spl_loss(S[rows, rows], S[rows, loser], failed)                # step 2: Eq. 15-17
+            loss = torch.where(failed, cfg.spl_weight * pref, contrast).mean() if cfg.spl_weight else contrast.mean()
+            epoch_stats["failed"] += failed.sum().item()
+            epoch_stats["rows"] += len(S)
+        else:
+            loss = contrast.mean()
+        epoch_stats["loss"] += loss.item()
+        epoch_stats["batches"] += 1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", tau=f"{model.tau.item():.1f}", refresh=False)
+    model.eval()
+    data.atomic_save({"kind": "reward", "config": dataclasses.asdict(model.cfg), "vocab": model.vocab.itos,
+                      "dims": int(model.mean.shape[0]), "model": model.state_dict(), "mode": mode, "log": log,
+                      "train_time_s": time.time() - t0}, cfg.out)
+    print(f"reward {mode} done in {time.time() - t0:.0f}s -> {cfg.out}")
+    return model
+
+
+def load_reward(path: str, device="cpu") -> Reward:
+    ck = data.load_checkpoint(path, "reward")
+    model = Reward(RewardConfig(**ck["config"]), data.Vocab(ck["vocab"]), ck["dims"])
+    data.load_state(model, ck["model"], path)
+    return model.to(device).eval()
+
+
+# -----------------------------------------------------------------------------
+# The retrieval benchmark (the paper's Tables 4, S5, S8).
+
+
+def recall_at(S, ks=(1, 2, 3, 5, 10)):
+    """S (N, N) scores, truth on the diagonal -> {R@k} in percent, ranking rows."""
+    rank = (S > S.diagonal()[:, None]).sum(1)
+    return {f"R@{k}": float((rank < k).float().mean() * 100) for k in ks}
+
+
+@torch.no_grad()
+def bench(reward: Reward, root: str, generator=None, ts=(0, 50, 100, 250, 500), seed=0, split="test"):
+    """R@k text->motion and motion->text on the test split (first caption, whole clip: TMR's protocol),
+    over 'all test' and 'batches of 32', for clean motion, forward-noised x_t (feature space, cosine
+    schedule) and, with a generator, its one-step prediction from an x_t (empty text, so the caption
+    cannot leak in)."""
+    device = reward.mean.device
+    ds = data.MotionTextDataset(root, split, deterministic=True)
+    batch = data.collate([ds[i] for i in range(len(ds))])
+    x, lengths, mask, captions = batch["motion"].to(device), batch["lengths"].to(device), batch["mask"].to(device), batch["captions"]
+    sched = models.DDIMScheduler("cosine", "sample")
+    g = torch.Generator(device=device).manual_seed(seed)
+    text = reward.text_embed(captions)
+    conditions = {}
+    for t in ts:
+        ab = sched.alpha_bar[t].item() if t else None
+        xt = sched.add_noise(x, torch.randn(x.shape, generator=g, device=device), t) * mask[..., None] if t else x
+        conditions["clean" if t == 0 else f"noisy t={t}"] = (xt, ab)
+        if generator is not None and t:
+            conditions[f"x0_hat from t={t}"] = (one_step_prediction(generator, x, lengths, t, g), None)
+    out = {}
+    perm = np.random.default_rng(seed).permutation(len(x))
+    groups = perm[: len(perm) // 32 * 32].reshape(-1, 32)
+    for name, (xt, ab) in conditions.items():
+        motion = torch.cat([reward.motion_embed(xt[i:i + 256], lengths[i:i + 256], ab) for i in range(0, len(xt), 256)])
+        S = (text @ motion.T).cpu()
+        row = {}
+        for proto, parts in (("all", [np.arange(len(x))]), ("bs32", groups)):
+            for direction, M in (("t2m", S), ("m2t", S.T)):
+                rs = [recall_at(M[np.ix_(p, p)]) for p in parts]
+                row.update({f"{proto} {direction} {k}": float(np.mean([r[k] for r in rs])) for k in rs[0]})
+        out[name] = row
+    return out
+
+
+@torch.no_grad()
+def one_step_prediction(generator, x, lengths, t, g):
+    """x0_hat of a backbone from a forward-noised copy of x at its step t: MDM in feature space, MLD
+    on its VAE latent, decoded. Empty text, so only the motion informs the prediction."""
+    cond = generator.condition([""] * len(x), lengths)
+    if generator.cfg.backbone == "mld":
+        z0 = generator.encode(x, cond.mask)[0] * generator.latent_scale
+        z_t = generator.scheduler.add_noise(z0, torch.randn(z0.shape, generator=g, device=z0.device), t)
+        _, z0_hat = generator.scheduler.step(generator.guided_output(z_t, t, cond, 1.0), t, z_t)
+        return generator.decode(z0_hat, cond.mask)
+    x_t = generator.scheduler.add_noise(x, torch.randn(x.shape, generator=g, device=x.device), t) * cond.mask[..., None]
+    return generator.guided_output(x_t, t, cond, 1.0) * cond.mask[..., None]
+
+
+def format_bench(results, cols=("R@1", "R@2", "R@3", "R@5", "R@10")):
+    lines = []
+    for proto in ("bs32", "all"):
+        for direction in ("t2m", "m2t"):
+            lines.append(f"-- {proto} {direction}: " + "  ".join(f"{c:>6}" for c in cols))
+            for name, row in results.items():
+                lines.append(f"   {name:<28}" + "  ".join(f"{row[f'{proto} {direction} {c}']:6.2f}" for c in cols))
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, helptext in (("pretrain", "noise-aware contrastive pretraining"), ("spl", "Algorithm 2 from --init")):
+        data.add_config_args(sub.add_parser(name, help=helptext), RewardConfig)
+    b = sub.add_parser("bench", help="retrieval R@k of one or more rewards (Tables 4 / S8)")
+    b.add_argument("--reward", nargs="+", required=True)
+    b.add_argument("--data", required=True)
+    b.add_argument("--generator", default=None, help="MLD/MDM checkpoint for the one-step-prediction rows")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--json", default=None)
+    a = p.parse_args()
+    if a.cmd in ("pretrain", "spl"):
+        cfg = data.config_from_args(RewardConfig, a)
+        if cfg.preset not in PRESETS:
+            raise data.InputError(f"--preset {cfg.preset!r}: tiny or default")
+        default = RewardConfig()
+        over = {**PRESETS[cfg.preset], **(SPL_DEFAULTS if a.cmd == "spl" else {})}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if getattr(cfg, k) == getattr(default, k)})
+        if a.cmd == "spl" and not cfg.init:
+            raise data.InputError("spl needs --init PATH, a reward from `spl.py pretrain`")
+        train(cfg, a.cmd)
+    else:
+        device = data.pick_device(a.device)
+        gen = models.load_generator(a.generator, device) if a.generator else None
+        results = {}
+        for path in a.reward:
+            res = bench(load_reward(path, device), a.data, gen)
+            results[path] = res
+            print(f"== {path}\n{format_bench(res)}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    data.cli(main)
