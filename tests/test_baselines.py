@@ -1,0 +1,117 @@
+"""baselines.py: for each method, which steps carry gradient (denoiser calls made with grad enabled),
+what the reward reads, DRTune's credit through the sampler update, and memory ordering in T."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import baselines
+
+CAPS = ["a person waves the left hand", "a person jumps forward twice"]
+T = 12
+
+
+def make(build_tiny, backbone="mdm"):
+    gen, _ = build_tiny(backbone)
+    gen.cfg = dataclasses.replace(gen.cfg, eta=0.0)
+    with torch.no_grad():
+        for p in gen.denoiser_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gen.requires_grad_(False)
+    theta = gen.denoiser_parameters()
+    for p in theta:
+        p.requires_grad_(True)
+    calls = []                                                    # per denoiser call: (grad on, input has graph)
+    gen.x_in.register_forward_pre_hook(lambda m, a: calls.append((torch.is_grad_enabled(), a[0].requires_grad)))
+    return gen, theta, gen.condition(CAPS, [16, 24]), calls
+
+
+@pytest.fixture()
+def tiny(build_tiny):
+    return make(build_tiny)
+
+
+def run(gen, cond, p, seed=0):
+    return baselines.rollout(gen, cond, T, p, 2.5, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("method,n_grad,n_calls", [("draft-10", 10, T), ("draft-50", T, T)])
+def test_draft_k_backpropagates_through_the_last_k_steps_to_the_final_sample(tiny, method, n_grad, n_calls):
+    gen, theta, cond, calls = tiny
+    p = baselines.plan(method, T, np.random.default_rng(0))
+    assert p.grad_steps == set(range(T - n_grad, T)) and p.stop is None and not p.sg_input
+    x = run(gen, cond, p)
+    assert len(calls) == n_calls and [g for g, _ in calls] == [False] * (T - n_grad) + [True] * n_grad
+    assert all(has for _, has in calls[T - n_grad + 1:])         # no stop-gradient inside the window
+    with torch.no_grad():                                          # the reward reads the final sample
+        assert torch.allclose(x, gen.sample(CAPS, [16, 24], steps=T, guidance=2.5,
+                                            generator=torch.Generator().manual_seed(0)), atol=1e-5)
+
+
+def test_refl_takes_one_gradient_step_and_scores_its_one_step_prediction(tiny):
+    gen, theta, cond, calls = tiny
+    rng = np.random.default_rng(3)
+    stops = {baselines.plan("refl-10", T, rng).stop for _ in range(200)}
+    assert stops == set(range(T - 10, T))                          # M values: the last 10 steps
+    p = baselines.plan("refl-10", T, np.random.default_rng(1))
+    x = run(gen, cond, p)
+    assert len(calls) == p.stop + 1 and [g for g, _ in calls].count(True) == 1 and calls[-1][0]
+    with torch.no_grad():                                          # independently: x0_hat at the stop step
+        gen.scheduler.set_timesteps(T)
+        g = torch.Generator().manual_seed(0)
+        z = gen.init_noise(cond, g)
+        for i, t in enumerate(gen.scheduler.timesteps[:p.stop + 1]):
+            z, x0_hat = gen.denoise_step(z, t, cond, 2.5, eta=0.0)
+        assert torch.allclose(x, gen.decode(x0_hat, cond.mask), atol=1e-5)
+
+
+def test_alignprop_is_a_contiguous_final_block_drawn_once_with_checkpointing(tiny):
+    gen, theta, cond, calls = tiny
+    rng = np.random.default_rng(0)
+    ks = []
+    for _ in range(100):
+        p = baselines.plan("alignprop", T, rng)
+        k = len(p.grad_steps)
+        assert p.ckpt and p.grad_steps == set(range(T - k, T))
+        ks.append(k)
+    assert min(ks) == 1 and max(ks) == T
+    x = run(gen, cond, p)
+    (-x.sum()).backward()                                          # checkpointed calls recompute in backward
+    assert all(q.grad is not None for q in theta)
+
+
+def test_drtune_detaches_every_input_and_still_credits_early_steps_through_the_update(build_tiny):
+    gen, theta, cond, calls = make(build_tiny, "mld")             # eps-prediction: x0_hat = (x_t - ..eps) / ..
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = baselines.plan("drtune", T, rng, drtune_k=3, drtune_m=4)
+        stride = T // 3
+        assert p.sg_input and T - 4 <= p.stop <= T - 1 and len(p.grad_steps) <= 3
+        assert all(b - a == stride for a, b in zip(sorted(p.grad_steps), sorted(p.grad_steps)[1:]))
+        assert min(p.grad_steps) < stride                           # spread over the whole chain
+    for sg in (True, False):                                       # every step with grad, with and without sg
+        calls.clear()
+        run(gen, cond, baselines.Plan(set(range(T)), sg_input=sg))
+        assert [has for _, has in calls] == [False] + [not sg] * (T - 1)   # DRTune: never sees a graph
+    p = baselines.Plan({0}, sg_input=True, stop=T - 1)              # gradient only at the first step
+    x = run(gen, cond, p)
+    grads = torch.autograd.grad(x.pow(2).sum(), theta, allow_unused=True)
+    assert sum(g.abs().sum() for g in grads if g is not None) > 0    # credit reaches step 0 via x_{t-1} = a x_t + ...
+    mdm, theta_x0, cond_x0, _ = make(build_tiny, "mdm")             # x0-prediction: x0_hat = x0_theta(sg(x_t))
+    x = baselines.rollout(mdm, cond_x0, T, p, 2.5, torch.Generator().manual_seed(0))
+    assert not x.requires_grad                                       # ... has no path back to step 0
+
+
+def test_memory_is_flat_for_easytune_and_refl_and_grows_for_draft():
+    res = baselines.memory([4, 16], preset="tiny", backbone="mdm", batch_size=2,
+                           methods=["easytune-step", "refl-10", "draft-50"])
+    flat = lambda m: res[m]["16"]["saved_mib"] / res[m]["4"]["saved_mib"]  # noqa: E731
+    assert abs(flat("easytune-step") - 1) <= 0.05 and abs(flat("refl-10") - 1) <= 0.05
+    assert flat("draft-50") >= 3.0
+    assert res["easytune-step"]["16"]["saved_mib"] < 0.5 * res["draft-50"]["16"]["saved_mib"]
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(baselines.data.InputError, match="unknown method 'dpok'"):
+        baselines.plan("dpok", T, np.random.default_rng(0))

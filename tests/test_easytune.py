@@ -1,0 +1,165 @@
+"""easytune.py: Corollary 2 against an independent computation, O(1) memory, step vs chain
+optimisation, the step schedules of App. A.5, and selection that never reads the test split."""
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import easytune
+import metrics
+
+CAPS = ["a person waves the left hand", "a person jumps forward twice"]
+LENGTHS = [16, 24]
+
+
+def setup(build_tiny, tiny_data, T=4, **over):
+    """A tiny MDM with its weights jittered (so every parameter matters) and a deterministic ODE sampler."""
+    gen, reward = build_tiny("mdm")
+    gen.cfg = dataclasses.replace(gen.cfg, eta=0.0)
+    with torch.no_grad():
+        for p in gen.denoiser_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    theta = gen.denoiser_parameters()
+    gen.requires_grad_(False)
+    for p in theta:
+        p.requires_grad_(True)
+    cfg = easytune.EasyTuneConfig(backbone="mdm", reward_input="noisy", sample_steps=T, guidance=2.5, **over)
+    return gen, easytune.RewardFn(reward, gen, tiny_data), theta, cfg
+
+
+def flat(grads):
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def test_corollary_2_gradient_is_the_one_step_term_and_the_chain_adds_exactly_the_recursive_terms(build_tiny,
+                                                                                                   tiny_data):
+    gen, reward_fn, theta, cfg = setup(build_tiny, tiny_data)
+    cond = gen.condition(CAPS, LENGTHS)
+    gen.scheduler.set_timesteps(cfg.sample_steps)
+    ts = gen.scheduler.timesteps
+    i = 2                                                          # the step we train (t = ts[2])
+    t_prev = int(ts[i]) - gen.scheduler.step_ratio
+    x_t = gen.init_noise(cond, torch.Generator().manual_seed(0))
+    for k in range(i):                                             # x_t still depends on theta (Eq. 5)
+        x_t, _ = gen.denoise_step(x_t, ts[k], cond, cfg.guidance)
+
+    def R(x_prev):
+        return easytune.step_reward(gen, reward_fn, x_prev, None, t_prev, cond, CAPS, "noisy").mean()
+
+    # what EasyTune applies (Eq. 7-8): the loss of pi_theta(sg(x_t), t, c)
+    loss, _, _ = easytune.step_loss(gen, reward_fn, x_t, ts[i], cond, CAPS, cfg)
+    g_easy = flat(torch.autograd.grad(loss, theta))
+    # independently: dR/dx_{t-1} on a detached copy, then the VJP through one step only
+    x_prev, _ = gen.denoise_step(x_t.detach(), ts[i], cond, cfg.guidance)
+    x_leaf = x_prev.detach().requires_grad_(True)
+    dR_dx = torch.autograd.grad(-R(x_leaf), x_leaf)[0]
+    g_ind = flat(torch.autograd.grad(x_prev, theta, grad_outputs=dR_dx))
+    assert torch.allclose(g_easy, g_ind, rtol=1e-4, atol=1e-7)
+    # the full-chain gradient (Eq. 5) = the one-step term + the recursive terms, which are the
+    # gradient through x_t alone (the last step's own theta frozen in a copy)
+    x_full, _ = gen.denoise_step(x_t, ts[i], cond, cfg.guidance)
+    g_full = flat(torch.autograd.grad(-R(x_full), theta, retain_graph=True))
+    frozen = copy.deepcopy(gen).requires_grad_(False)
+    x_rec, _ = frozen.denoise_step(x_t, ts[i], cond, cfg.guidance)
+    g_rec = flat(torch.autograd.grad(-R(x_rec), theta))
+    assert torch.allclose(g_full, g_easy + g_rec, rtol=1e-3, atol=1e-6)
+    assert g_rec.norm() > 1e-3 * g_full.norm()                     # the terms EasyTune drops are real
+
+
+def trajectory_peak(build_tiny, tiny_data, T):
+    gen, reward_fn, theta, cfg = setup(build_tiny, tiny_data, T=T, lr=1e-4)
+    opt = torch.optim.AdamW(theta, lr=cfg.lr)
+    meter = metrics.SavedTensorMeter(gen, reward_fn.reward)
+    recs = easytune.easytune_trajectory(gen, reward_fn, CAPS, torch.tensor(LENGTHS), cfg, opt, theta,
+                                        np.random.default_rng(0), torch.Generator().manual_seed(0), meter=meter)
+    assert len(recs) == T                                          # T updates per trajectory
+    return meter.peak
+
+
+def test_step_optimisation_memory_is_flat_in_T(build_tiny, tiny_data):
+    p10, p50 = trajectory_peak(build_tiny, tiny_data, 10), trajectory_peak(build_tiny, tiny_data, 50)
+    assert p10 > 0 and abs(p50 / p10 - 1) <= 0.02, (p10, p50)
+
+
+def weights_seen(method, build_tiny, tiny_data):
+    """The value of one weight at every denoiser call of one trajectory, and theta' at the end."""
+    gen, reward_fn, theta, cfg = setup(build_tiny, tiny_data, T=5, lr=1e-2, method=method)
+    seen = []
+    gen.x_out.register_forward_pre_hook(lambda m, a: seen.append(m.weight[0, 0].item()))
+    theta_prime = [p.detach().clone().requires_grad_(True) for p in theta] if method == "chain" else None
+    opt = torch.optim.AdamW(theta_prime or theta, lr=cfg.lr)
+    start = [p.detach().clone() for p in theta]
+    easytune.easytune_trajectory(gen, reward_fn, CAPS, torch.tensor(LENGTHS), cfg, opt, theta,
+                                 np.random.default_rng(0), torch.Generator().manual_seed(0), theta_prime)
+    return seen, start, theta, theta_prime
+
+
+def test_chain_samples_with_the_starting_weights_and_step_with_the_updated_ones(build_tiny, tiny_data):
+    seen, start, theta, theta_prime = weights_seen("chain", build_tiny, tiny_data)
+    assert len(set(seen)) == 1                                     # every step of the trajectory used theta
+    assert all(torch.equal(p, s) for p, s in zip(theta, start))    # theta untouched until theta <- theta'
+    assert any(not torch.equal(q, s) for q, s in zip(theta_prime, start))
+    seen, start, theta, _ = weights_seen("step", build_tiny, tiny_data)
+    assert len(set(seen)) == 5                                     # a new theta after each of the 5 updates
+    assert any(not torch.equal(p, s) for p, s in zip(theta, start))
+
+
+def test_kl_term_vanishes_against_itself_and_pulls_back_otherwise(build_tiny, tiny_data):
+    gen, reward_fn, theta, cfg = setup(build_tiny, tiny_data)
+    cond = gen.condition(CAPS, LENGTHS)
+    gen.scheduler.set_timesteps(cfg.sample_steps)
+    x_t, t = gen.init_noise(cond, torch.Generator().manual_seed(1)), gen.scheduler.timesteps[1]
+    plain = easytune.step_loss(gen, reward_fn, x_t, t, cond, CAPS, cfg)[0]
+    kl_cfg = dataclasses.replace(cfg, kl_weight=3.0)
+    same = easytune.step_loss(gen, reward_fn, x_t, t, cond, CAPS, kl_cfg, ref=copy.deepcopy(gen))[0]
+    assert torch.allclose(plain, same)
+    ref = copy.deepcopy(gen)
+    with torch.no_grad():
+        for p in ref.denoiser_parameters():
+            p.add_(0.01)
+    moved = easytune.step_loss(gen, reward_fn, x_t, t, cond, CAPS, kl_cfg, ref=ref)[0]
+    assert moved > plain
+
+
+def test_step_schedules_and_weights():
+    rng = np.random.default_rng(0)
+    assert easytune.trained_steps("all", 50, rng) == list(range(50))
+    assert easytune.trained_steps("last:10", 50, rng) == list(range(40, 50))   # the released code
+    assert easytune.trained_steps("first:3", 50, rng) == [0, 1, 2]
+    pick = easytune.trained_steps("random:7", 50, rng)
+    assert len(set(pick)) == 7 and all(0 <= i < 50 for i in pick)
+    # App. A.5 with t = T - i: increasing weighs the last step 1.5, the first 0.5; decreasing the reverse
+    assert easytune.step_weight("increasing", 49, 50) == pytest.approx(1.48)
+    assert easytune.step_weight("increasing", 0, 50) == pytest.approx(0.5)
+    assert easytune.step_weight("decreasing", 0, 50) == pytest.approx(1.5)
+    for bad in ("last:0", "last:x", "some:3", "random:51"):
+        with pytest.raises(data.InputError, match="--train-steps"):
+            easytune.trained_steps(bad, 50, rng)
+
+
+def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(build_tiny, tiny_data, tmp_path,
+                                                                              monkeypatch):
+    read = []
+    real_read = data.read_split
+    monkeypatch.setattr(data, "read_split", lambda root, split: read.append(split) or real_read(root, split))
+    real_score, calls = easytune.val_score, []
+
+    def worse_each_time(*a, **k):                                  # the real val pass, then a worse reward
+        s = real_score(*a, **k)
+        calls.append(1)
+        return {**s, "val_reward": s["val_reward"] - len(calls)}
+    monkeypatch.setattr(easytune, "val_score", worse_each_time)
+    gen, reward = build_tiny("mdm")
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    cfg = easytune.resolve(easytune.EasyTuneConfig(backbone="mdm", preset="tiny", trajectories=2, val_every=1,
+                                                   batch_size=4, sample_steps=3))
+    summary = easytune.finetune(gen, reward, cfg, tiny_data, str(tmp_path), str(tmp_path / "log.jsonl"))
+    assert "test" not in read and "val" in read
+    assert len(calls) == 3 and summary["best"] is None             # base + 2 checks; nothing beat the base
+    best = data.load_checkpoint(str(tmp_path / "best.pt"), "generator")["model"]
+    assert all(torch.equal(best[k], before[k]) for k in before)    # best.pt is the pre-trained model
+    log = [l for l in open(tmp_path / "log.jsonl")]
+    assert len(log) == summary["updates"] == 2 * 3

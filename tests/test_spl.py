@@ -1,0 +1,86 @@
+"""spl.py: preference mining (Eq. 13-14) and the KL loss (Eq. 15-17) against hand computations, the
+noise-aware reward's inputs, the contrastive form, and a tiny pretrain + SPL run."""
+import math
+
+import pytest
+import torch
+
+import data
+import spl
+
+
+def test_mining_finds_retrieval_failures_and_their_best_wrong_motion():
+    S = torch.tensor([[5.0, 1.0, 0.0, 2.0],      # row 0: truth ranked 1st -> not mined
+                      [3.0, 2.0, 4.0, 0.0],      # row 1: two wrong motions above the truth (rank 3)
+                      [0.0, 9.0, 1.0, 0.5],      # row 2: one wrong motion above (rank 2)
+                      [8.0, 7.0, 6.0, 0.0]])     # row 3: three above
+    dup = torch.zeros(4, 4, dtype=torch.bool)
+    failed, loser = spl.mine_pairs(S, dup, k=2)              # ground truth outside the top-2
+    assert failed.tolist() == [False, True, False, True]
+    assert loser.tolist()[1] == 2 and loser.tolist()[3] == 0
+    dup[3, 0] = True                                          # motion 0's caption says the same as caption 3
+    failed, loser = spl.mine_pairs(S, dup, k=2)
+    assert failed.tolist()[3] is True and loser.tolist()[3] == 1   # the paraphrase is not a "wrong" motion
+    dup[3, 1] = True
+    assert spl.mine_pairs(S, dup, k=2)[0].tolist()[3] is False     # only motion 2 is above now: rank 2
+
+
+def test_spl_loss_is_the_kl_of_eq_17():
+    r_w, r_l = torch.tensor([2.0, -1.0, 0.3]), torch.tensor([3.0, 0.5, 0.3])
+    failed = torch.tensor([True, True, False])
+    loss = spl.spl_loss(r_w, r_l, failed)
+    # Q = (1, 0): KL(Q || P) = -log P_w = log(1 + exp(r_l - r_w)); unmined rows have x_l = x_w: P = Q, KL = 0
+    assert loss[0].item() == pytest.approx(math.log(1 + math.exp(1.0)), rel=1e-6)
+    assert loss[1].item() == pytest.approx(math.log(1 + math.exp(1.5)), rel=1e-6)
+    assert loss[2].item() == pytest.approx(0.0, abs=1e-7)
+    r_w = r_w.clone().requires_grad_(True)
+    spl.spl_loss(r_w, r_l, failed).sum().backward()
+    # d/dr_w log(1 + e^(r_l - r_w)) = -sigmoid(r_l - r_w): the winner's reward is pushed up
+    assert r_w.grad[0].item() == pytest.approx(-1 / (1 + math.exp(-1.0)), rel=1e-5) and r_w.grad[2] == 0
+
+
+def test_same_meaning_ignores_subjects_and_articles():
+    dup = spl.same_meaning(["a person waves the left hand", "someone waves left hand", "a man waves the right hand"])
+    assert dup[0, 1] and not dup[0, 2] and dup[2, 2]
+
+
+def test_reward_is_noise_aware_and_differentiable_in_x_only_where_asked(build_tiny, tiny_data):
+    _, reward = build_tiny()
+    ds = data.MotionTextDataset(tiny_data, "val", deterministic=True)
+    b = data.collate([ds[i] for i in range(4)])
+    x, lengths, caps = b["motion"], b["lengths"], b["captions"]
+    clean = reward(x, lengths, caps)
+    assert torch.allclose(clean, reward(x, lengths, caps, torch.ones(4)))       # alpha_bar = 1 is clean
+    assert not torch.allclose(clean, reward(x, lengths, caps, torch.full((4,), 0.3)))   # the noise token matters
+    assert (clean.abs() <= reward.tau + 1e-4).all()                              # tau * cosine
+    x = x.clone().requires_grad_(True)
+    reward(x, lengths, caps).sum().backward()
+    assert x.grad.abs().sum() > 0                                                # dR/dx for the fine-tuners
+    assert all(p.grad is None for p in reward.parameters())                     # phi frozen (requires_grad off)
+    assert (x.grad[0, lengths[0]:] == 0).all()                                   # padding does not matter
+
+
+def test_contrastive_form_is_log_p_of_the_caption_among_the_bank(build_tiny, tiny_data):
+    _, reward = build_tiny()
+    ds = data.MotionTextDataset(tiny_data, "val", deterministic=True)
+    b = data.collate([ds[i] for i in range(3)])
+    bank = reward.caption_bank(tiny_data, n=16)
+    lp = reward.log_prob(b["motion"], b["lengths"], b["captions"], bank)
+    m, c = reward.motion_embed(b["motion"], b["lengths"]), reward.text_embed(b["captions"])
+    logits = reward.tau * torch.cat([(m * c).sum(-1, keepdim=True), m @ bank.T], 1)
+    assert torch.allclose(lp, torch.log_softmax(logits, 1)[:, 0], atol=1e-5) and (lp < 0).all()
+
+
+def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
+    pre = spl.RewardConfig(data=tiny_data, out=str(tmp_path / "pre.pt"), **{**spl.PRESETS["tiny"], "steps": 20})
+    spl.train(pre, "pretrain")
+    cfg = spl.RewardConfig(data=tiny_data, init=pre.out, out=str(tmp_path / "spl.pt"),
+                           **{**spl.PRESETS["tiny"], "steps": 12, "batch_size": 16, "spl_k": 1})
+    spl.train(cfg, "spl")
+    ck = data.load_checkpoint(cfg.out, "reward")
+    assert ck["mode"] == "spl" and ck["log"] and 0 < ck["log"][0]["failure_ratio"] < 1
+    before, after = spl.load_reward(pre.out), spl.load_reward(cfg.out)
+    assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+    with pytest.raises(data.CheckpointError, match="missing.pt: checkpoint not found"):
+        spl.train(spl.RewardConfig(data=tiny_data, init=str(tmp_path / "missing.pt"), out=str(tmp_path / "x.pt"),
+                                   **spl.PRESETS["tiny"]), "spl")
