@@ -70,13 +70,13 @@ class CompareConfig:
     runs: str = "runs"
     data: str = ""
     methods: str = ",".join(METHODS)
-    budget_min: float = 2.0          # wall clock of fine-tuning per method (val checks excluded)
+    budget_min: float = 1.5          # wall clock of fine-tuning per method (val checks excluded)
     trajectories: int = 0            # > 0: an equal number of trajectories instead of equal time
     val_checks: int = 8              # val reward checks per method (the curves and the selection)
     val_items: int = 64
     drtune_k: int = 5                # DRTune: trained steps spread over the chain
     drtune_m: int = 10               # DRTune: early-stop window at the end
-    replications: int = 3
+    replications: int = 2            # test replications per method (nine models to sample on a CPU)
     seed: int = 0
     device: str = "auto"
 

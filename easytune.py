@@ -67,14 +67,15 @@ class EasyTuneConfig:
     guidance: float = -1.0           # CFG scale kept during fine-tuning; < 0: the backbone's (7.5 / 2.5)
     kl_weight: float = 0.0           # Eq. S1 against the frozen pre-trained model
     lora_rank: int = 0               # 0: full fine-tuning of the denoiser
-    lr: float = 1e-5
+    lr: float = 3e-6                 # paper 1e-5; measured here (val only): 1e-5 raised the reward-FID 0.064 -> 0.120
+                                     # with no reward gain in 5 trajectories, 3e-6 reached -1.54 (base -1.86), 1e-6 -1.72
     clip: float = 1.0
     batch_size: int = 32
-    trajectories: int = 60           # budget: sampled trajectories (each gives up to T updates)
+    trajectories: int = 15           # budget: sampled trajectories (each gives up to T updates); ~12 s each on 2 cores
     sample_steps: int = 50           # T
-    val_every: int = 10              # trajectories between val checks (and checkpoints)
+    val_every: int = 5               # trajectories between val checks (and checkpoints)
     patience: int = 3                # val checks without improvement before stopping early
-    replications: int = 5            # test replications (the paper: 20)
+    replications: int = 3            # test replications (the paper: 20)
     seed: int = 0
     device: str = "auto"
     resume: bool = False
