@@ -313,7 +313,10 @@ def dummy_models(preset, backbone, device):
 
 
 def memory(steps, preset="default", backbone="mld", batch_size=8, methods=METHODS, device="cpu", seed=0):
-    """{method: {T: {"saved_mib", "cuda_peak_mib"}}} for one trajectory of each method at each T."""
+    """{method: {T: {"saved_mib", "cuda_peak_mib"}}} for one trajectory of each method at each T.
+    NOTE: torch.utils.checkpoint installs saved-tensor hooks of its own, so the meter does not see
+    inside AlignProp's checkpointed denoiser calls: its saved_mib counts the decoder and reward graph
+    only; the true peak adds K stored latents and one recomputed step (the CUDA peak sees them)."""
     gen0, reward, caps = dummy_models(preset, backbone, device)
     out = {}
     for m in methods:

@@ -27,6 +27,8 @@ NOTE (deviations): the paper trains all 50 steps (Table S1) and the released cod
 (`--train-steps last:10` reproduces it); the released code scores x0_hat with the reward's timestep
 dropped, as the "x0" mode does here. Selection and early stopping use the val split and only the
 reward (mean val reward, with a reward-embedding FID as a guard); the evaluator never selects.
+The default lr is 3e-6, not the paper's 1e-5 (chosen on val; see the config). The contrastive
+reward form replaces Eq. 11's raw similarity (see RewardFn).
 
 Run:  python easytune.py --backbone mld            # everything, from a fresh clone, on a CPU
       python easytune.py --backbone mdm

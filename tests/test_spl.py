@@ -84,3 +84,18 @@ def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
     with pytest.raises(data.CheckpointError, match="missing.pt: checkpoint not found"):
         spl.train(spl.RewardConfig(data=tiny_data, init=str(tmp_path / "missing.pt"), out=str(tmp_path / "x.pt"),
                                    **spl.PRESETS["tiny"]), "spl")
+
+
+def test_spl_gradients_reach_phi_and_only_phi(build_tiny, tiny_data):
+    gen, reward = build_tiny("mdm")
+    reward.requires_grad_(True)
+    ds = data.MotionTextDataset(tiny_data, "val", deterministic=True)
+    b = data.collate([ds[i] for i in range(6)])
+    S = reward.scores(b["motion"], b["lengths"], b["captions"])          # (6, 6) Eq. 11
+    failed, loser = spl.mine_pairs(S.detach(), spl.same_meaning(b["captions"]), k=1)
+    failed[0] = True                                                      # at least one mined pair
+    rows = torch.arange(6)
+    spl.spl_loss(S[rows, rows], S[rows, loser], failed).sum().backward()
+    assert reward.log_tau.grad is not None and reward.x_in.weight.grad.abs().sum() > 0
+    assert reward.text_out.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in gen.parameters())                 # the generator is not involved
