@@ -42,6 +42,7 @@ Run:  python baselines.py compare --backbone mld [--budget-min 2]       # Table 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -138,7 +139,7 @@ def baseline_update(method, gen, reward_fn, captions, lengths, cfg, opt, params,
     guidance = gen.cfg.guidance if cfg.guidance < 0 else cfg.guidance
     with torch.no_grad():
         cond = gen.condition(captions, lengths)
-    with meter if meter is not None else easytune._null():
+    with meter if meter is not None else contextlib.nullcontext():
         r = reward_fn(rollout(gen, cond, cfg.sample_steps, p, guidance, g), cond.lengths, captions).mean()
         for q in params:
             q.grad = None
@@ -157,16 +158,6 @@ def trajectory(method, gen, reward_fn, captions, lengths, cfg, opt, params, rng,
     return baseline_update(method, gen, reward_fn, captions, lengths, cfg, opt, params, rng, g, meter, ccfg)
 
 
-def trainable(gen, method, lr):
-    """theta (the denoiser), theta' for chain optimisation, and the optimiser over what is stepped."""
-    gen.requires_grad_(False)
-    params = gen.denoiser_parameters()
-    for q in params:
-        q.requires_grad_(True)
-    theta_prime = [q.detach().clone().requires_grad_(True) for q in params] if method == "easytune-chain" else None
-    return params, theta_prime, torch.optim.AdamW(theta_prime or params, lr=lr, weight_decay=0.0)
-
-
 # -----------------------------------------------------------------------------
 # Table 1 at an equal budget, with the val curves that give Table S9's time to reward.
 
@@ -176,7 +167,7 @@ def tune(method, base_path, reward, root, et_cfg, ccfg, log, device):
     gen = models.load_generator(base_path, device)
     cfg = dataclasses.replace(et_cfg, method="chain" if method == "easytune-chain" else "step")
     reward_fn = easytune.RewardFn(reward, gen, root, cfg.reward_form)
-    params, theta_prime, opt = trainable(gen, method, cfg.lr)
+    params, theta_prime, opt = easytune.trainable(gen, cfg)
     rng, g = np.random.default_rng(ccfg.seed), torch.Generator(device=device).manual_seed(ccfg.seed)
     train_set = data.MotionTextDataset(root, "train", seed=ccfg.seed)
     meter = metrics.SavedTensorMeter(gen, reward)
@@ -194,10 +185,6 @@ def tune(method, base_path, reward, root, et_cfg, ccfg, log, device):
         t0 = time.perf_counter()
         recs = trajectory(method, gen, reward_fn, batch["captions"], batch["lengths"].to(device), cfg, opt, params,
                           rng, g, theta_prime, meter, ccfg)
-        if theta_prime is not None:
-            with torch.no_grad():
-                for q, q_new in zip(params, theta_prime):
-                    q.copy_(q_new)
         dt = time.perf_counter() - t0
         spent, n, updates = spent + dt, n + 1, updates + len(recs)
         bar.update(1 if ccfg.trajectories else min(dt, budget - bar.n))
@@ -264,7 +251,8 @@ def compare(ccfg: CompareConfig):
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
     print_compare(res)
-    plot_curves(curves, path.replace(".json", ".png"))
+    plot({m: ([p["time_s"] for p in c], [p["val_reward"] for p in c]) for m, c in curves.items()},
+         "fine-tuning wall time (s)", "val reward", path.replace(".json", ".png"))
     print(f"wrote {path}")
     return res
 
@@ -282,19 +270,23 @@ def print_compare(res):
                                   if v["time_s"] else "not reached"))
 
 
-def plot_curves(curves, png):
+def plot(series, xlabel, ylabel, png, log=False):
+    """{label: (xs, ys)} as one line plot (optional: needs matplotlib)."""
     try:
         from viz import _plt
         plt = _plt()
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for m, c in curves.items():
-        ax.plot([p["time_s"] for p in c], [p["val_reward"] for p in c], marker=".", label=m)
-    ax.set_xlabel("fine-tuning wall time (s)")
-    ax.set_ylabel("val reward")
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker=".", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
     ax.legend(fontsize=6)
     fig.savefig(png, dpi=120, bbox_inches="tight")
+    print(f"wrote {png}")
 
 
 # -----------------------------------------------------------------------------
@@ -327,35 +319,22 @@ def memory(steps, preset="default", backbone="mld", batch_size=8, methods=METHOD
                                           reward_input="x0" if backbone == "mld" else "noisy",
                                           method="chain" if m == "easytune-chain" else "step")
             reward_fn = easytune.RewardFn(reward, gen, caps)
-            params, theta_prime, opt = trainable(gen, m, cfg.lr)
+            params, theta_prime, opt = easytune.trainable(gen, cfg)
             meter = metrics.SavedTensorMeter(gen, reward)
             captions = [caps[i % len(caps)] for i in range(batch_size)]
             lengths = torch.full((batch_size,), 80, device=device)
             rng, g = np.random.default_rng(seed), torch.Generator(device=device).manual_seed(seed)
             run = lambda: trajectory(m, gen, reward_fn, captions, lengths, cfg, opt, params, rng, g, theta_prime,  # noqa
                                      meter)
-            cuda = metrics.cuda_peak_mib(run) if torch.device(device).type == "cuda" else (run(), None)[1]
+            if torch.device(device).type == "cuda":
+                cuda = metrics.cuda_peak_mib(run)
+            else:
+                run()
+                cuda = None
             out[m][str(T)] = {"saved_mib": meter.peak_mib, "cuda_peak_mib": cuda}
             print(f"{m:>15} T={T:<4} saved {meter.peak_mib:9.2f} MiB" + (f", CUDA peak {cuda:.0f} MiB" if cuda else ""),
                   flush=True)
     return out
-
-
-def plot_memory(res, png):
-    try:
-        from viz import _plt
-        plt = _plt()
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for m, row in res.items():
-        ax.plot([int(t) for t in row], [v["saved_mib"] for v in row.values()], marker="o", label=m)
-    ax.set_xlabel("sampling steps T")
-    ax.set_ylabel("peak saved-tensor memory (MiB)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=6)
-    fig.savefig(png, dpi=120, bbox_inches="tight")
-    print(f"wrote {png}")
 
 
 def main():
@@ -394,7 +373,8 @@ def main():
             os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
             with open(a.json, "w") as f:
                 json.dump(res, f, indent=1)
-            plot_memory(res, os.path.splitext(a.json)[0] + ".png")
+            plot({m: ([int(t) for t in row], [v["saved_mib"] for v in row.values()]) for m, row in res.items()},
+                 "sampling steps T", "peak saved-tensor memory (MiB)", os.path.splitext(a.json)[0] + ".png", log=True)
     else:
         path = os.path.join(a.runs, f"{a.backbone}.pt")
         gen = models.load_generator(path, data.pick_device(a.device))

@@ -37,6 +37,7 @@ Run:  python easytune.py --backbone mld            # everything, from a fresh cl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -168,8 +169,8 @@ def step_weight(kind: str, i: int, T: int) -> float:
 def easytune_trajectory(gen, reward_fn, captions, lengths, cfg, opt, params, rng, g, theta_prime=None, ref=None,
                         meter=None, log=None):
     """Algorithm 1, one trajectory. Step optimisation: opt steps params (theta) in place after each
-    trained step. Chain optimisation: gradients are taken at theta and applied to theta_prime by opt;
-    the caller assigns theta <- theta' afterwards. -> list of per-update records."""
+    trained step. Chain optimisation: gradients are taken at theta and applied to theta_prime by opt,
+    and theta <- theta' once the trajectory is sampled. -> list of per-update records."""
     with torch.no_grad():
         cond = gen.condition(captions, lengths)
     gen.scheduler.set_timesteps(cfg.sample_steps)
@@ -183,7 +184,7 @@ def easytune_trajectory(gen, reward_fn, captions, lengths, cfg, opt, params, rng
             with torch.no_grad():
                 x, _ = gen.denoise_step(x, t, cond, None if cfg.guidance < 0 else cfg.guidance, noise=noise)
             continue
-        with meter if meter is not None else _null():
+        with meter if meter is not None else contextlib.nullcontext():
             loss, x, r = step_loss(gen, reward_fn, x, t, cond, captions, cfg, step_weight(cfg.weighting, i,
                                    cfg.sample_steps), ref, noise)
             for p in params:
@@ -191,21 +192,17 @@ def easytune_trajectory(gen, reward_fn, captions, lengths, cfg, opt, params, rng
             loss.backward()                                                              # graph of step t only
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip).item()
         if theta_prime is not None:                                                      # chain: update theta'
-            for p, q in zip(params, theta_prime):
+            for p, q in zip(params, theta_prime):                                        # (already clipped)
                 q.grad = None if p.grad is None else p.grad.clone()
-            torch.nn.utils.clip_grad_norm_(theta_prime, cfg.clip)
         opt.step()                                                                       # x = sg(x_{t-1}) above
         records.append({"i": i, "t": int(t), "reward": r, "loss": loss.item(), "grad_norm": grad_norm,
                         "peak_saved_mib": meter.peak_mib if meter is not None else None})
+    if theta_prime is not None:                                       # Algorithm 1, lines 15-17: theta <- theta'
+        with torch.no_grad():
+            for p, q in zip(params, theta_prime):
+                p.copy_(q)
     return records
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # -----------------------------------------------------------------------------
@@ -249,15 +246,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
     reward.requires_grad_(False)
     gen.requires_grad_(False)
     reward_fn = RewardFn(reward, gen, root, cfg.reward_form)
-    if cfg.lora_rank > 0:
-        models.inject_lora(gen.denoiser, r=cfg.lora_rank, alpha=2 * cfg.lora_rank)
-        params = [p for n, p in gen.named_parameters() if "lora_" in n]
-    else:
-        params = gen.denoiser_parameters()
-    for p in params:
-        p.requires_grad_(True)
-    theta_prime = [p.detach().clone().requires_grad_(True) for p in params] if cfg.method == "chain" else None
-    opt = torch.optim.AdamW(theta_prime or params, lr=cfg.lr, weight_decay=0.0)
+    params, theta_prime, opt = trainable(gen, cfg)
     ref = copy.deepcopy(gen).requires_grad_(False) if cfg.kl_weight > 0 else None
     meter = metrics.SavedTensorMeter(gen, reward)
     ckpt_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
@@ -289,10 +278,6 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
         batch = data.collate([train_set[int(i)] for i in idx])
         recs = easytune_trajectory(gen, reward_fn, batch["captions"], batch["lengths"].to(device), cfg, opt, params,
                                    rng, g, theta_prime, ref, meter)
-        if theta_prime is not None:                                                      # chain: theta <- theta'
-            with torch.no_grad():
-                for p, q in zip(params, theta_prime):
-                    p.copy_(q)
         with open(log_path, "a") as f:
             for r in recs:
                 updates += 1
@@ -321,6 +306,21 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
     summary = {"updates": updates, "trajectories": traj + 1, "time_s": time.time() - t0, "peak_saved_mib": meter.peak_mib,
                "history": history, "best": best, "val_items_touched": len(touched)}
     return summary
+
+
+def trainable(gen, cfg):
+    """theta (the denoiser, or its LoRA adapters), theta' for chain optimisation, and AdamW over
+    what is stepped (theta', or theta in place). Everything else (VAE, text encoder) is frozen."""
+    gen.requires_grad_(False)
+    if cfg.lora_rank > 0:
+        models.inject_lora(gen.denoiser, r=cfg.lora_rank, alpha=2 * cfg.lora_rank)
+        params = [p for n, p in gen.named_parameters() if "lora_" in n]
+    else:
+        params = gen.denoiser_parameters()
+    for p in params:
+        p.requires_grad_(True)
+    theta_prime = [p.detach().clone().requires_grad_(True) for p in params] if cfg.method == "chain" else None
+    return params, theta_prime, torch.optim.AdamW(theta_prime or params, lr=cfg.lr, weight_decay=0.0)
 
 
 def merged(gen):

@@ -91,18 +91,18 @@ def weights_seen(method, build_tiny, tiny_data):
     gen.x_out.register_forward_pre_hook(lambda m, a: seen.append(m.weight[0, 0].item()))
     theta_prime = [p.detach().clone().requires_grad_(True) for p in theta] if method == "chain" else None
     opt = torch.optim.AdamW(theta_prime or theta, lr=cfg.lr)
-    start = [p.detach().clone() for p in theta]
+    start, w0 = [p.detach().clone() for p in theta], gen.x_out.weight[0, 0].item()
     easytune.easytune_trajectory(gen, reward_fn, CAPS, torch.tensor(LENGTHS), cfg, opt, theta,
                                  np.random.default_rng(0), torch.Generator().manual_seed(0), theta_prime)
-    return seen, start, theta, theta_prime
+    return seen, start, theta, theta_prime, w0
 
 
 def test_chain_samples_with_the_starting_weights_and_step_with_the_updated_ones(build_tiny, tiny_data):
-    seen, start, theta, theta_prime = weights_seen("chain", build_tiny, tiny_data)
-    assert len(set(seen)) == 1                                     # every step of the trajectory used theta
-    assert all(torch.equal(p, s) for p, s in zip(theta, start))    # theta untouched until theta <- theta'
+    seen, start, theta, theta_prime, w0 = weights_seen("chain", build_tiny, tiny_data)
+    assert len(set(seen)) == 1 and seen[0] == w0              # every step sampled with the starting theta
     assert any(not torch.equal(q, s) for q, s in zip(theta_prime, start))
-    seen, start, theta, _ = weights_seen("step", build_tiny, tiny_data)
+    assert all(torch.equal(p, q) for p, q in zip(theta, theta_prime))   # then theta <- theta' (Alg. 1, 15-17)
+    seen, start, theta, _, _ = weights_seen("step", build_tiny, tiny_data)
     assert len(set(seen)) == 5                                     # a new theta after each of the 5 updates
     assert any(not torch.equal(p, s) for p, s in zip(theta, start))
 
