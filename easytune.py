@@ -210,24 +210,19 @@ def easytune_trajectory(gen, reward_fn, captions, lengths, cfg, opt, params, rng
 
 
 @torch.no_grad()
-def val_score(gen, reward_fn, root, steps=50, seed=0, max_items=128, chunk=64):
+def val_score(gen, reward_fn, root, steps=50, seed=0, max_items=128):
     """Mean reward of motions generated for val captions (fixed noise), and a reward-embedding FID
-    between them and the real val motions (a realism guard that does not use the evaluator).
-    Generated in length-sorted chunks (less padding)."""
+    between them and the real val motions (a realism guard that does not use the evaluator)."""
     ds = data.MotionTextDataset(root, "val", seed=seed, deterministic=True)
-    items = sorted((ds[i] for i in range(min(len(ds), max_items))), key=lambda it: it["length"])
+    b = data.collate([ds[i] for i in range(min(len(ds), max_items))])
+    lengths, mask = b["lengths"].to(gen.device), b["mask"].to(gen.device)
     g = torch.Generator(device=gen.device).manual_seed(seed)
-    reward, rewards, e_fake, e_real = reward_fn.reward, [], [], []
-    for s in range(0, len(items), chunk):
-        b = data.collate(items[s:s + chunk])
-        lengths, mask = b["lengths"].to(gen.device), b["mask"].to(gen.device)
-        x = gen.sample(b["captions"], lengths, steps=steps, generator=g)
-        rewards.append(reward_fn(x, lengths, b["captions"]))
-        for v, out in ((x, e_fake), (b["motion"].to(gen.device), e_real)):
-            out.append(reward.motion_embed(to_reward_space(v, gen, reward) * mask[..., None], lengths))
-    e_fake, e_real = (torch.cat(e).cpu().double().numpy() for e in (e_fake, e_real))
-    return {"val_reward": torch.cat(rewards).mean().item(), "val_reward_fid": metrics.fid(e_fake, e_real),
-            "touched": sorted({it["name"] for it in items})}
+    x = gen.sample(b["captions"], lengths, steps=steps, generator=g)
+    reward = reward_fn.reward
+    r = reward_fn(x, lengths, b["captions"]).mean().item()
+    fake, real = (to_reward_space(v, gen, reward) * mask[..., None] for v in (x, b["motion"].to(gen.device)))
+    e_fake, e_real = (reward.motion_embed(v, lengths).cpu().double().numpy() for v in (fake, real))
+    return {"val_reward": r, "val_reward_fid": metrics.fid(e_fake, e_real), "touched": sorted(set(b["names"]))}
 
 
 def better(score, best, base, slack=0.25):

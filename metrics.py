@@ -293,20 +293,16 @@ def embed_split(evaluator, root, split, seed, device, batch_size=128, generator=
     texts, the real motions, and (if a generator is given) motions generated for the same captions
     and ground-truth lengths."""
     ds = data.MotionTextDataset(root, split, seed=seed)
-    items = [ds[i] for i in range(len(ds))]                        # captions and crops drawn in split order
-    order = np.argsort([it["length"] for it in items], kind="stable")  # batches of similar length: less padding
     g = torch.Generator(device=device).manual_seed(gen_seed)
     text, real, fake = [], [], []
-    for s in range(0, len(order), batch_size):
-        batch = data.collate([items[i] for i in order[s:s + batch_size]])
+    for batch in data.loader(ds, batch_size, shuffle=False):
         lengths, mask = batch["lengths"].to(device), batch["mask"].to(device)[..., None]
         real.append(evaluator.embed_motion(ds.denormalize(batch["motion"].to(device)) * mask, lengths))
         text.append(evaluator.embed_text(batch["tokens"]))
         if generator is not None:
             x = generator.sample(batch["captions"], lengths, steps=steps, generator=g)
             fake.append(evaluator.embed_motion((x * generator.std + generator.mean) * mask, lengths))
-    back = np.argsort(order)                                        # rows back in split order
-    cat = lambda xs: torch.cat(xs).cpu().numpy().astype(np.float64)[back] if xs else None  # noqa: E731
+    cat = lambda xs: torch.cat(xs).cpu().numpy().astype(np.float64) if xs else None  # noqa: E731
     return cat(text), cat(real), cat(fake)
 
 

@@ -270,14 +270,13 @@ class TrainConfig:
     out: str = "runs/synth/mld.pt"
     backbone: str = "mld"
     preset: str = "default"         # tiny | default | paper
-    vae_steps: int = 500            # MLD stage 1 (ignored for MDM); ~85 s on 2 cores
-    steps: int = 600                # denoiser steps; ~145 s (MLD) on 2 cores. Both set by the 15-minute
-                                    # first-run budget of easytune.py (800 + 1200 gave a stronger base)
+    vae_steps: int = 800            # MLD stage 1 (ignored for MDM); ~90 s on 2 cores
+    steps: int = 1200               # denoiser steps; ~165 s (MLD) / ~180 s (MDM) on 2 cores
     batch_size: int = 64
     lr: float = 1e-3                # peak of warmup + cosine (MLD/MDM: 1e-4 constant, far longer)
     weight_decay: float = 0.0
-    eval_every: int = 300
-    ckpt_every: int = 300
+    eval_every: int = 400
+    ckpt_every: int = 400
     seed: int = 0
     device: str = "auto"
     resume: bool = False
