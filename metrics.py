@@ -28,6 +28,7 @@ and training is ~600 steps (a minute on 2 cores); the evaluator normalises with 
 Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evaluator.pt
       python metrics.py eval --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth
       python metrics.py grad-norm --generator runs/synth/mld.pt
+      python metrics.py stats --data data/synth --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt
 """
 from __future__ import annotations
 
@@ -485,6 +486,39 @@ def jacobian_norms(model, texts, lengths, steps=50, probes=8, seed=0):
             "product": np.sqrt(prod_sq / scale).tolist()}
 
 
+@torch.no_grad()
+def motion_stats(feats, mask):
+    """Mean |x| ("level") and mean |x_{f+1} - x_f| ("change") per part of the HumanML3D vector, over
+    the real frames of normalised features (B, T, D), mask (B, T). It reads neither the evaluator nor
+    the reward, so it can say what fine-tuning changed when those two disagree. -> {part: (level, change)}"""
+    J = (feats.shape[-1] + 1) // 12                       # D = 12 J - 1: 263 -> 22 joints, 251 -> 21
+    parts = {"root": 4, "positions": 3 * (J - 1), "rotations": 6 * (J - 1), "velocities": 3 * J, "feet": 4}
+    m = mask[..., None].float()
+    dm = m[:, 1:] * m[:, :-1]
+    change = (feats[:, 1:] - feats[:, :-1]).abs() * dm
+    out, s = {}, 0
+    for name, n in parts.items():
+        out[name] = (float((feats[..., s:s + n].abs() * m).sum() / (m.sum() * n)),
+                     float(change[..., s:s + n].sum() / (dm.sum() * n)))
+        s += n
+    return out
+
+
+def stats_table(generators, root, split="val", items=128, steps=50, seed=0, device="cpu"):
+    """motion_stats of the real clips and of each generator's samples for the same captions and lengths."""
+    import models
+    ds = data.MotionTextDataset(root, split, seed=seed, deterministic=True)
+    b = data.collate([ds[i] for i in range(min(items, len(ds)))])
+    lengths, mask = b["lengths"].to(device), b["mask"].to(device)
+    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (ds.mean, ds.std))
+    rows = {"real": motion_stats(b["motion"].to(device), mask)}
+    for path in generators:
+        gen = models.load_generator(path, device)
+        x = gen.sample(b["captions"], lengths, steps=steps, generator=torch.Generator(device=device).manual_seed(seed))
+        rows[path] = motion_stats((x * gen.std + gen.mean - mean) / std * mask[..., None], mask)
+    return rows
+
+
 # -----------------------------------------------------------------------------
 
 
@@ -509,6 +543,12 @@ def main():
     gn.add_argument("--text", default="a person walks forward and then turns left")
     gn.add_argument("--png", default=None, help="also draw the curves (needs matplotlib)")
     gn.add_argument("--device", default="auto")
+    st = sub.add_parser("stats", help="feature level and frame-to-frame change, real vs generated (no evaluator)")
+    st.add_argument("--generator", nargs="+", required=True)
+    st.add_argument("--data", required=True)
+    st.add_argument("--split", default="val")
+    st.add_argument("--items", type=int, default=128)
+    st.add_argument("--device", default="auto")
     a = p.parse_args()
     if a.cmd == "train-evaluator":
         cfg = data.config_from_args(EvaluatorConfig, a)
@@ -530,6 +570,13 @@ def main():
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(rows, f, indent=1)
+    elif a.cmd == "stats":
+        rows = stats_table(a.generator, a.data, a.split, a.items, device=data.pick_device(a.device))
+        parts = list(rows["real"])
+        print(f"{a.split}, {a.items} clips; per part: mean |x| / mean |x_f+1 - x_f| (normalised features)")
+        print(f"{'':>40} " + " ".join(f"{p:>17}" for p in parts))
+        for name, row in rows.items():
+            print(f"{name[-40:]:>40} " + " ".join(f"{row[p][0]:>8.3f}/{row[p][1]:<8.3f}" for p in parts))
     else:
         import models
         device = data.pick_device(a.device)

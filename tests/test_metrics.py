@@ -116,3 +116,19 @@ def test_jacobian_norms_match_the_exact_jacobians_of_a_tiny_chain(build_tiny):
         prod = prod @ steps[i]                                       # d x_0 / d x_t = J_{last} ... J_t (Eq. 5)
         assert res["step"][i] == pytest.approx(steps[i].norm().item() / dim ** 0.5, rel=0.15)
         assert res["product"][i] == pytest.approx(prod.norm().item() / dim ** 0.5, rel=0.15)
+
+
+def test_motion_stats_reads_each_part_of_the_vector_and_ignores_padding():
+    """A ramp x_f = a f + c in one part gives 'change' |a| there and 0 elsewhere; padded frames
+    (here 1e6) never count; the parts of 263 dims are 4 + 63 + 126 + 66 + 4 (22 joints)."""
+    B, T, D, L = 2, 10, 263, 7
+    f = torch.arange(T, dtype=torch.float32)[None, :, None]
+    x = torch.zeros(B, T, D)
+    x[..., 4:67] = 0.5 * f + 1.0                                           # positions: ramp of slope 0.5
+    x[..., 259:] = -2.0                                                    # feet: constant
+    x[:, L:] = 1e6
+    mask = torch.arange(T)[None] < torch.tensor([L, L])[:, None]
+    s = metrics.motion_stats(x, mask)
+    assert list(s) == ["root", "positions", "rotations", "velocities", "feet"]
+    assert s["positions"][1] == pytest.approx(0.5) and s["positions"][0] == pytest.approx(np.mean(0.5 * np.arange(L) + 1))
+    assert s["feet"] == pytest.approx((2.0, 0.0)) and s["rotations"] == (0.0, 0.0) and s["root"] == (0.0, 0.0)
