@@ -292,19 +292,20 @@ def format_row(row):
 def embed_split(evaluator, root, split, seed, device, batch_size=128, generator=None, gen_seed=0, steps=None):
     """One pass over a split (random caption and crop per item, seeded): evaluator embeddings of the
     texts, the real motions, and (if a generator is given) motions generated for the same captions
-    and ground-truth lengths."""
+    and ground-truth lengths (the whole split in one call, which denoises it in length-sorted chunks)."""
     ds = data.MotionTextDataset(root, split, seed=seed)
-    g = torch.Generator(device=device).manual_seed(gen_seed)
-    text, real, fake = [], [], []
-    for batch in data.loader(ds, batch_size, shuffle=False):
-        lengths, mask = batch["lengths"].to(device), batch["mask"].to(device)[..., None]
-        real.append(evaluator.embed_motion(ds.denormalize(batch["motion"].to(device)) * mask, lengths))
-        text.append(evaluator.embed_text(batch["tokens"]))
-        if generator is not None:
-            x = generator.sample(batch["captions"], lengths, steps=steps, generator=g)
-            fake.append(evaluator.embed_motion((x * generator.std + generator.mean) * mask, lengths))
-    cat = lambda xs: torch.cat(xs).cpu().numpy().astype(np.float64) if xs else None  # noqa: E731
-    return cat(text), cat(real), cat(fake)
+    b = data.collate([ds[i] for i in range(len(ds))])
+    lengths, mask = b["lengths"].to(device), b["mask"].to(device)[..., None]
+    real = ds.denormalize(b["motion"].to(device)) * mask
+    fake = None
+    if generator is not None:
+        g = torch.Generator(device=device).manual_seed(gen_seed)
+        x = generator.sample(b["captions"], lengths, steps=steps, generator=g)
+        fake = (x * generator.std + generator.mean) * mask
+    chunks = lambda f: torch.cat([f(i) for i in range(0, len(ds), batch_size)]).cpu().numpy().astype(np.float64)  # noqa: E731
+    text = chunks(lambda i: evaluator.embed_text(b["tokens"][i:i + batch_size]))
+    emb = lambda m: chunks(lambda i: evaluator.embed_motion(m[i:i + batch_size], lengths[i:i + batch_size]))  # noqa: E731
+    return text, emb(real), None if fake is None else emb(fake)
 
 
 def evaluate_real(evaluator, root, replications=20, seed=0, device="cpu", split="test"):

@@ -310,10 +310,17 @@ class Cond:
     """Everything a denoising step needs besides x_t: the text (conditional and empty) and the masks."""
     tokens: torch.Tensor            # (B, L, d) text tokens
     pad: torch.Tensor               # (B, L) True = padding
-    tokens_u: torch.Tensor          # (B, L, d) the empty text (learned null token + padding) for CFG
-    pad_u: torch.Tensor
+    tokens_u: torch.Tensor          # (B, 1, d) the empty text for CFG: the learned null token alone
+    pad_u: torch.Tensor             # (B, 1) all False
     lengths: torch.Tensor           # (B,) frames
     mask: torch.Tensor              # (B, T) True on real frames, T = max(lengths)
+
+    def select(self, idx):
+        """The items idx, cropped to their longest caption and motion (padding is masked anyway)."""
+        pad, lengths = self.pad[idx], self.lengths[idx]
+        L, T = int((~pad).sum(1).max()), int(lengths.max())
+        return Cond(self.tokens[idx, :L], pad[:, :L], self.tokens_u[idx], self.pad_u[idx], lengths,
+                    self.mask[idx, :T])
 
 
 class Backbone(nn.Module):
@@ -336,16 +343,15 @@ class Backbone(nn.Module):
         """theta of the paper: what fine-tuning may change (the VAE and the text encoder stay frozen)."""
         return [p for n, p in self.named_parameters() if n.startswith(("denoiser.", "time_mlp.", "x_in.", "x_out."))]
 
-    def predict(self, x_t, t, tokens, pad, cond, doubled=False):
+    def predict(self, x_t, t, tokens, pad, cond):
         """The network, eps_theta (MLD) or x0_theta (MDM): a transformer over [timestep token, text tokens,
         one token per 4 frames of x_t]; padded frames are masked out of attention. -> shape of x_t."""
-        mask = torch.cat([cond.mask, cond.mask]) if doubled else cond.mask
         h = self.x_in(self.to_tokens(x_t))                                 # (B, N, d), N = T / patch
         h = torch.cat([self.time_mlp(timestep_embedding(t, self.cfg.d_model))[:, None], tokens,
-                       h + self.pos[:, :h.shape[1]]], 1)
-        pad = torch.cat([torch.zeros_like(pad[:, :1]), pad, ~mask[:, ::self.cfg.patch]], 1)
+                       h + self.pos[:, :h.shape[1]]], 1)                   # (B, 1 + L + N, d)
+        pad = torch.cat([torch.zeros_like(pad[:, :1]), pad, ~cond.mask[:, ::self.cfg.patch]], 1)
         out = self.x_out(self.denoiser(h, pad)[:, 1 + tokens.shape[1]:])
-        return self.mask_latent(self.from_tokens(out), dataclasses.replace(cond, mask=mask))
+        return self.mask_latent(self.from_tokens(out), cond)
 
     def condition(self, texts: list, lengths) -> Cond:
         lengths = torch.as_tensor(lengths, device=self.device).long()
@@ -355,26 +361,28 @@ class Backbone(nn.Module):
         ids, pad = self.vocab.batch(texts, self.cfg.max_words)
         ids, pad = ids.to(self.device), pad.to(self.device)
         tokens = self.text(ids, pad)
-        tokens_u = torch.cat([self.null_text.expand(len(texts), 1, -1), torch.zeros_like(tokens[:, 1:])], 1)
-        pad_u = torch.ones_like(pad)
-        pad_u[:, 0] = False
+        tokens_u = self.null_text.expand(len(texts), 1, -1)
         T = int(lengths.max())
-        return Cond(tokens, pad, tokens_u, pad_u, lengths, torch.arange(T, device=self.device)[None] < lengths[:, None])
+        return Cond(tokens, pad, tokens_u, torch.zeros_like(pad[:, :1]), lengths,
+                    torch.arange(T, device=self.device)[None] < lengths[:, None])
 
     def drop_text(self, cond: Cond, p: float) -> Cond:
-        """Classifier-free guidance training: replace each caption by the empty text with probability p."""
+        """Classifier-free guidance training: replace each caption by the empty text with probability p
+        (the null token followed by padding, so the batch keeps one shape)."""
         drop = torch.rand(len(cond.lengths), device=self.device) < p
-        return dataclasses.replace(cond, tokens=torch.where(drop[:, None, None], cond.tokens_u, cond.tokens),
-                                   pad=torch.where(drop[:, None], cond.pad_u, cond.pad))
+        null = torch.cat([cond.tokens_u, torch.zeros_like(cond.tokens[:, 1:])], 1)
+        null_pad = torch.cat([cond.pad_u, torch.ones_like(cond.pad[:, 1:])], 1)
+        return dataclasses.replace(cond, tokens=torch.where(drop[:, None, None], null, cond.tokens),
+                                   pad=torch.where(drop[:, None], null_pad, cond.pad))
 
     def guided_output(self, x_t, t, cond: Cond, guidance: float):
-        """Network output with classifier-free guidance: out_u + w (out_c - out_u), both in one batch."""
+        """Network output with classifier-free guidance: out_u + w (out_c - out_u). The unconditional
+        pass reads the null token alone (padding tokens would be masked out of attention anyway)."""
         t = torch.as_tensor(t, device=x_t.device).long().expand(len(x_t))
+        out_c = self.predict(x_t, t, cond.tokens, cond.pad, cond)
         if guidance == 1.0:
-            return self.predict(x_t, t, cond.tokens, cond.pad, cond)
-        out = self.predict(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond.tokens, cond.tokens_u]),
-                           torch.cat([cond.pad, cond.pad_u]), cond, doubled=True)
-        out_c, out_u = out.chunk(2)
+            return out_c
+        out_u = self.predict(x_t, t, cond.tokens_u, cond.pad_u, cond)
         return out_u + guidance * (out_c - out_u)
 
     def denoise_step(self, x_t, t, cond: Cond, guidance: float | None = None, eta: float | None = None, noise=None):
@@ -392,16 +400,28 @@ class Backbone(nn.Module):
         return x
 
     @torch.no_grad()
-    def sample(self, texts, lengths, steps=None, guidance=None, eta=None, generator=None):
-        """The full reverse chain: normalised features (B, T, D), zero on padded frames."""
+    def sample(self, texts, lengths, steps=None, guidance=None, eta=None, generator=None, chunk=64):
+        """The full reverse chain: normalised features (B, T, D), zero on padded frames.
+        Items are denoised in chunks of similar length (less padding to compute). The noise is drawn
+        for the whole batch, so a sample does not depend on the chunking or on its neighbours."""
         cond = self.condition(texts, lengths)
         self.scheduler.set_timesteps(steps or self.cfg.steps)
-        x = self.init_noise(cond, generator)
+        x = self.init_noise(cond, generator)                                # x_T, (B, N, latent)
         eta = self.cfg.eta if eta is None else eta
+        order = torch.argsort(cond.lengths, descending=True, stable=True)
+        parts = [order[i:i + chunk] for i in range(0, len(order), chunk)]
+        conds = [cond.select(idx) for idx in parts]
+        crop = lambda z, c: z[:, :self.latent_shape(c)[1]]                 # noqa: E731  to c's longest item
+        xs = [crop(x[idx], c) for idx, c in zip(parts, conds)]
         for t in self.scheduler.timesteps:
             noise = torch.randn(x.shape, generator=generator, device=self.device) if eta > 0 else None
-            x, _ = self.denoise_step(x, t, cond, guidance, eta, noise)
-        return self.decode(x, cond.mask)
+            for k, (idx, c) in enumerate(zip(parts, conds)):
+                xs[k], _ = self.denoise_step(xs[k], t, c, guidance, eta, None if noise is None else crop(noise[idx], c))
+        feats = [self.decode(xk, c.mask) for xk, c in zip(xs, conds)]      # (b, T_chunk, D) each
+        out = feats[0].new_zeros(len(order), cond.mask.shape[1], feats[0].shape[-1])
+        for idx, f in zip(parts, feats):
+            out[idx, :f.shape[1]] = f
+        return out
 
 
 class MLD(Backbone):

@@ -22,8 +22,12 @@ def make(build_tiny, backbone="mdm"):
     theta = gen.denoiser_parameters()
     for p in theta:
         p.requires_grad_(True)
-    calls = []                                                    # per denoiser call: (grad on, input has graph)
-    gen.x_in.register_forward_pre_hook(lambda m, a: calls.append((torch.is_grad_enabled(), a[0].requires_grad)))
+    calls, guided = [], gen.guided_output                         # per denoising step: (grad on, input has graph)
+
+    def traced(x_t, *a, **k):
+        calls.append((torch.is_grad_enabled(), x_t.requires_grad))
+        return guided(x_t, *a, **k)
+    gen.guided_output = traced
     return gen, theta, gen.condition(CAPS, [16, 24]), calls
 
 
