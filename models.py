@@ -610,9 +610,8 @@ def train(tc: TrainConfig) -> Backbone:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, n=n_steps: lr_factor(s, n))
         step = start_step if si == start_stage else 0
         if opt_state is not None and si == start_stage:
-            opt.load_state_dict(opt_state)
+            opt.load_state_dict(opt_state)                                # holds the lr of the resumed step
             sched.last_epoch = step
-            sched.step()                                                  # lr of the resumed step
         model.train()
         batches = iter(())
         bar = tqdm(range(step, n_steps), desc=f"{mc.backbone} {stage}", initial=step, total=n_steps, mininterval=2)

@@ -176,25 +176,35 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_mld, tmp_path):
         models.load_generator(str(tmp_path / "missing.pt"))
 
 
-def test_resume_continues_the_step_count(tiny_data, tmp_path, monkeypatch, capsys):
+def test_resume_continues_the_step_count_and_the_lr_schedule(tiny_data, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "r.pt")
     tc = models.TrainConfig(data=tiny_data, out=out, backbone="mdm", preset="tiny",
                             **{**models.PRESETS["tiny"][1], "steps": 40, "eval_every": 10, "ckpt_every": 10})
-    real, calls = models.validation_loss, {"n": 0}
+    real = models.validation_loss
 
-    def crash_on_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt                                      # dies at step 30, after the step-20 save
-        return real(*a, **k)
+    def crash_on(n):
+        calls = {"n": 0}
 
-    monkeypatch.setattr(models, "validation_loss", crash_on_third)
+        def val(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+        return val
+
+    monkeypatch.setattr(models, "validation_loss", crash_on(3))          # dies at step 30, after the step-20 save
     with pytest.raises(KeyboardInterrupt):
         models.train(tc)
     assert data.load_checkpoint(out)["step"] == 20
+    monkeypatch.setattr(models, "validation_loss", crash_on(2))          # resumed: saves at 30, dies at 40
+    with pytest.raises(KeyboardInterrupt):
+        models.train(dataclasses.replace(tc, resume=True))
+    assert "resumed" in capsys.readouterr().out
+    ck = data.load_checkpoint(out)                                       # the lr the optimizer holds for step 30
+    assert ck["step"] == 30 and ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        tc.lr * models.lr_factor(30, tc.steps))                          # the uninterrupted schedule's, not step 31's
     monkeypatch.setattr(models, "validation_loss", real)
     models.train(dataclasses.replace(tc, resume=True))
-    assert "resumed" in capsys.readouterr().out
     ck = data.load_checkpoint(out)
     assert ck["done"] and [e["step"] for e in ck["log"]] == [10, 20, 30, 40]
 
