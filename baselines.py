@@ -271,11 +271,12 @@ def print_compare(res):
 
 
 def plot(series, xlabel, ylabel, png, log=False):
-    """{label: (xs, ys)} as one line plot (optional: needs matplotlib)."""
+    """{label: (xs, ys)} as one line plot (optional: needs matplotlib; without it, a note, not an error)."""
+    import viz
     try:
-        from viz import _plt
-        plt = _plt()
-    except ImportError:
+        plt = viz._plt()
+    except data.InputError:
+        print(f"matplotlib not installed: no {png} (pip install matplotlib)")
         return
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for label, (xs, ys) in series.items():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import baselines
+import data
 
 CAPS = ["a person waves the left hand", "a person jumps forward twice"]
 T = 12
@@ -119,3 +120,15 @@ def test_memory_is_flat_for_easytune_and_refl_and_grows_for_draft():
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(baselines.data.InputError, match="unknown method 'dpok'"):
         baselines.plan("dpok", T, np.random.default_rng(0))
+
+
+def test_a_missing_matplotlib_skips_the_plot_with_a_note(monkeypatch, tmp_path, capsys):
+    import viz
+
+    def no_matplotlib():
+        raise data.InputError("pictures need matplotlib, an optional extra: pip install matplotlib")
+
+    monkeypatch.setattr(viz, "_plt", no_matplotlib)
+    baselines.plot({"a": ([1, 2], [3, 4])}, "x", "y", str(tmp_path / "p.png"))   # benchmarks end cleanly
+    assert "matplotlib not installed" in capsys.readouterr().out
+    assert not (tmp_path / "p.png").exists()
