@@ -528,8 +528,10 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train-evaluator", help="train the T2M-style evaluator on the train split")
     data.add_config_args(t, EvaluatorConfig)
-    e = sub.add_parser("eval", help="the Table-1 row of a generator on the test split")
+    e = sub.add_parser("eval", help="the Table-1 row of a generator on the test split (or --split val)")
     e.add_argument("--generator", required=True)
+    e.add_argument("--split", default="test", choices=("test", "val"),
+                   help="val: for choices made with a second evaluator (never the test split)")
     e.add_argument("--evaluator", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--replications", type=int, default=20, help="20 as in the paper; fewer on a CPU")
@@ -563,11 +565,11 @@ def main():
         device = data.pick_device(a.device)
         gen, ev = models.load_generator(a.generator, device), load_evaluator(a.evaluator, device)
         t0 = time.time()
-        rows = {"real": evaluate_real(ev, a.data, a.replications, a.seed, device),
-                "generator": evaluate(gen, ev, a.data, a.replications, a.seed, device, mm=a.mm)}
+        rows = {"real": evaluate_real(ev, a.data, a.replications, a.seed, device, split=a.split),
+                "generator": evaluate(gen, ev, a.data, a.replications, a.seed, device, mm=a.mm, split=a.split)}
         for name, row in rows.items():
             print(f"{name:>10}: {format_row(row)}")
-        print(f"({a.replications} replications, {time.time() - t0:.0f}s)")
+        print(f"({a.split} split, {a.replications} replications, {time.time() - t0:.0f}s)")
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(rows, f, indent=1)
