@@ -386,11 +386,11 @@ def set_guidance(gen, guidance):
 def evaluate_cached(gen_path, ev, root, cfg, device, cache):
     """Test-split metrics of a checkpoint, cached by (file, size, mtime, replications, seed, steps, guidance)."""
     st = os.stat(gen_path)
-    gen = set_guidance(models.load_generator(gen_path, device), cfg.guidance)
     key = (f"{os.path.abspath(gen_path)}:{st.st_size}:{st.st_mtime_ns}:{cfg.replications}:{cfg.seed}:{cfg.sample_steps}"
-           f":{gen.cfg.guidance}")
+           f":{cfg.guidance}")                                     # < 0: the scale saved in the checkpoint
     store = json.load(open(cache)) if os.path.isfile(cache) else {}
     if key not in store:
+        gen = set_guidance(models.load_generator(gen_path, device), cfg.guidance)
         t = time.time()
         store[key] = metrics.evaluate(gen, ev, root, cfg.replications, cfg.seed, device, steps=cfg.sample_steps)
         store[key]["eval_time_s"] = time.time() - t
