@@ -356,6 +356,15 @@ def parse_caption_line(line: str, where: str) -> tuple:
     return caption.strip(), tokens, start, end
 
 
+def format_caption_line(words: list, start: float = 0.0, end: float = 0.0) -> str:
+    """The inverse of parse_caption_line: [(surface, lemma, POS) or punctuation] -> 'caption#lemma/POS ...#start#end'."""
+    text = ""
+    for w in words:
+        text += w if isinstance(w, str) else (" " if text else "") + w[0]
+    tokens = " ".join(f"{w[1]}/{w[2]}" for w in words if not isinstance(w, str))
+    return f"{text}.#{tokens}#{start}#{end}"
+
+
 class Vocab:
     """Word -> id over the training captions, most frequent first; ties broken alphabetically so a
     rebuild from the same captions gives the same ids. Unknown words map to <unk>."""

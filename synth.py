@@ -632,22 +632,26 @@ LOCOMOTION = ("walk", "circle")   # segments that can carry an upper-body overla
 # -----------------------------------------------------------------------------
 # Words: inflection, part-of-speech tags (HumanML3D's spaCy-style 'lemma/POS' tokens), captions.
 
-VERBS = {  # lemma: (3rd person singular, -ing)
-    "walk": ("walks", "walking"), "run": ("runs", "running"), "jog": ("jogs", "jogging"),
-    "sprint": ("sprints", "sprinting"), "dash": ("dashes", "dashing"), "stroll": ("strolls", "strolling"),
-    "hurry": ("hurries", "hurrying"), "take": ("takes", "taking"), "step": ("steps", "stepping"),
-    "move": ("moves", "moving"), "sidestep": ("sidesteps", "sidestepping"), "shuffle": ("shuffles", "shuffling"),
-    "turn": ("turns", "turning"), "make": ("makes", "making"), "rotate": ("rotates", "rotating"),
-    "spin": ("spins", "spinning"), "do": ("does", "doing"), "jump": ("jumps", "jumping"), "leap": ("leaps", "leaping"),
-    "hop": ("hops", "hopping"), "squat": ("squats", "squatting"), "crouch": ("crouches", "crouching"),
-    "sit": ("sits", "sitting"), "stand": ("stands", "standing"), "get": ("gets", "getting"),
-    "wave": ("waves", "waving"), "raise": ("raises", "raising"), "lift": ("lifts", "lifting"),
-    "put": ("puts", "putting"), "hold": ("holds", "holding"), "stretch": ("stretches", "stretching"),
-    "spread": ("spreads", "spreading"), "kick": ("kicks", "kicking"), "punch": ("punches", "punching"),
-    "throw": ("throws", "throwing"), "jab": ("jabs", "jabbing"), "clap": ("claps", "clapping"),
-    "bow": ("bows", "bowing"), "bend": ("bends", "bending"), "balance": ("balances", "balancing"),
-    "wait": ("waits", "waiting"), "stay": ("stays", "staying"), "be": ("is", "being"),
-}
+IRREGULAR = {"be": ("is", "being"), "do": ("does", "doing"), "hurry": ("hurries", "hurrying")}
+
+
+def _forms(lemma):
+    """(3rd person singular, -ing) by English's regular rules for one-syllable verbs and compounds
+    ending in one: -es after a sibilant, a final silent e dropped, a final consonant doubled after
+    a single vowel (run -> running, squat -> squatting)."""
+    if lemma in IRREGULAR:
+        return IRREGULAR[lemma]
+    s = lemma + ("es" if lemma.endswith(("s", "sh", "ch", "x")) else "s")
+    if lemma.endswith("e"):
+        return s, lemma[:-1] + "ing"
+    short = lemma[-2] in "aeiou" and (lemma[-3] not in "aeiou" or lemma[-4:-2] == "qu")    # "qu" is a consonant
+    return s, lemma + (lemma[-1] if lemma[-1] not in "aeiouwy" and short else "") + "ing"
+
+
+VERBS = {v: _forms(v) for v in  # lemma: (3rd person singular, -ing)
+         "walk run jog sprint dash stroll hurry take step move sidestep shuffle turn make rotate spin do jump leap "
+         "hop squat crouch sit stand get wave raise lift put hold stretch spread kick punch throw jab clap bow bend "
+         "balance wait stay be".split()}
 LEXICON = {}  # surface word -> (lemma, POS)
 for _tag, _ws in {
     "DET": "a the", "PRON": "someone somebody he she they his her their that", "NUM": "two three",
@@ -722,15 +726,6 @@ def caption(phrases, rng):
                  words_of("first") + S + P(0, "3sg") + [","] + words_of("next") + words_of(pron) + P(1, agree)
                  + [","] + words_of("and finally") + P(2, agree)]
     return forms[rng.integers(len(forms))]
-
-
-def format_line(toks, start=0.0, end=0.0):
-    """-> 'caption#word/POS ...#start#end', HumanML3D's line format."""
-    text = ""
-    for t in toks:
-        text += t if isinstance(t, str) else (" " if text else "") + t[0]
-    tokens = " ".join(f"{t[1]}/{t[2]}" for t in toks if not isinstance(t, str))
-    return f"{text}.#{tokens}#{start}#{end}"
 
 
 def pick(options, rng):
@@ -865,7 +860,7 @@ def make_clip(rng, max_frames=120, min_frames=40):
                 o_rest = re.sub(r"<(\w+)>", lambda m: VERBS[m.group(1)][1], o_rest)
                 rest = f"{rest} while {VERBS[o_verb][1]} {o_rest}".strip()
             phrases.append((verb, rest))
-        line = format_line(caption(phrases, rng))
+        line = data.format_caption_line(caption(phrases, rng))
         if line not in seen:
             seen.add(line)
             lines.append(line)
@@ -878,7 +873,7 @@ def make_clip(rng, max_frames=120, min_frames=40):
             verb, rest = pick(BY_NAME[chosen[i]].phrases(params[i]), rng)
             subj = SUBJECTS[rng.integers(len(SUBJECTS))]
             toks = words_of(subj[0]) + render((verb, rest), "3sg", subj[2])
-            lines.append(format_line(toks, a / FPS, b / FPS))
+            lines.append(data.format_caption_line(toks, a / FPS, b / FPS))
     return {"joints": joints, "lines": lines, "primitives": chosen, "airborne": lift > 0}
 
 

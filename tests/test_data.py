@@ -208,3 +208,17 @@ def test_cli_errors_exit_2(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "synth", "--out", str(tmp_path / "x"),
                         "--motions", "3"], capture_output=True, text=True)
     assert r.returncode == 2 and "--motions 3" in r.stderr
+
+
+def test_caption_lines_round_trip_and_verbs_inflect_by_rule():
+    words = synth.words_of("a person") + synth.render(("sit", "down and <stand> up"), "3sg", "their") + [","] \
+        + synth.words_of("then") + synth.render(("wave", "the left hand"), "3sg", "their")
+    line = data.format_caption_line(words, 1.5, 3.0)
+    assert line == ("a person sits down and stands up, then waves the left hand.#a/DET person/NOUN sit/VERB down/ADV "
+                    "and/CCONJ stand/VERB up/ADV then/ADV wave/VERB the/DET left/ADJ hand/NOUN#1.5#3.0")
+    caption, tokens, start, end = data.parse_caption_line(line, "test")
+    assert (caption, start, end) == (line.split("#")[0], 1.5, 3.0)
+    assert tokens == [f"{w[1]}/{w[2]}" for w in words if not isinstance(w, str)]
+    assert [synth.VERBS[v] for v in ("run", "squat", "wave", "punch", "wait", "do")] == [
+        ("runs", "running"), ("squats", "squatting"), ("waves", "waving"), ("punches", "punching"),
+        ("waits", "waiting"), ("does", "doing")]
