@@ -16,6 +16,8 @@ T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that proto
               FID on evaluator motion embeddings (np.cov, scipy sqrtm, the eps retry, an error on a large
               imaginary part), Diversity over 300 random pairs, MultiModality (100 captions x 30 samples,
               10 pairs); each replication re-draws captions and crops; mean +/- 1.96 std / sqrt(n).
+  compare()   two generators item by item on the same draws, with a 95% interval from resampling the
+              split's source motions (not in the paper: its +/- covers replications, not which clips).
   Meters      SavedTensorMeter: peak bytes of tensors autograd keeps for backward (parameters excluded,
               shared storage counted once, frees tracked), identical on every device; cuda_peak();
               TimeMeter for per-update and per-trajectory wall time.
@@ -28,6 +30,8 @@ and training is ~600 steps (a minute on 2 cores); the evaluator normalises with 
 Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evaluator.pt
       python metrics.py eval --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth
       python metrics.py grad-norm --generator runs/synth/mld.pt
+      python metrics.py compare --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt \\
+          --evaluator runs/synth/evaluator.pt --data data/synth
       python metrics.py stats --data data/synth --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt
 """
 from __future__ import annotations
@@ -221,18 +225,24 @@ def euclidean(a, b):
     return np.sqrt(np.maximum(d2, 0))
 
 
-def r_precision(text, motion, rng, group=32, top_k=3):
+def item_ranks(text, motion, rng, group=32):
     """Shuffle, split into groups of 32 (last partial group dropped), rank the 32 motions for each text.
-    -> (top-1..top_k hit rates, MM-Dist over the same pairs). A set smaller than 32 is one group."""
+    -> per item: how many motions of its group beat the true one (-1 if dropped), and the true-pair
+    distance (NaN if dropped). A set smaller than 32 is one group."""
     group = min(group, len(text))
     idx = rng.permutation(len(text))[: len(text) // group * group].reshape(-1, group)
-    hits, mm = np.zeros(top_k), []
+    rank, dist = np.full(len(text), -1), np.full(len(text), np.nan)
     for g in idx:
         d = euclidean(text[g], motion[g])
-        rank = (d < d.diagonal()[:, None]).sum(1)                          # how many motions beat the true one
-        hits += [(rank < k).sum() for k in range(1, top_k + 1)]
-        mm.append(d.diagonal())
-    return hits / idx.size, float(np.concatenate(mm).mean())
+        rank[g], dist[g] = (d < d.diagonal()[:, None]).sum(1), d.diagonal()
+    return rank, dist
+
+
+def r_precision(text, motion, rng, group=32, top_k=3):
+    """-> (top-1..top_k hit rates, MM-Dist over the same pairs)."""
+    rank, dist = item_ranks(text, motion, rng, group)
+    kept = rank >= 0
+    return np.array([(rank[kept] < k).mean() for k in range(1, top_k + 1)]), float(dist[kept].mean())
 
 
 def fid(x, y, eps=1e-6):
@@ -349,6 +359,49 @@ def multimodality_of(generator, evaluator, root, rng, device, split="test", step
         x = generator.sample([item["caption"]] * repeats, lengths, steps=steps, generator=g)
         out.append(evaluator.embed_motion(x * generator.std + generator.mean, lengths).cpu().numpy())
     return multimodality(np.stack(out), rng)
+
+
+def source_motion(name: str) -> str:
+    """'M000041[20:80]' -> '000041': a clip, its left-right mirror and its captioned pieces share a source."""
+    return name.split("[")[0].removeprefix("M")
+
+
+def cluster_resample(columns, clusters, draws=2000, seed=0):
+    """columns (N, C) per-item sums, clusters (N,) labels -> (draws, C): the column totals over `draws`
+    resamplings of whole clusters with replacement (the bootstrap for items that come in groups)."""
+    _, inv = np.unique(clusters, return_inverse=True)
+    per_cluster = np.stack([np.bincount(inv, c) for c in np.asarray(columns, dtype=np.float64).T], 1)
+    pick = np.random.default_rng(seed).integers(len(per_cluster), size=(draws, len(per_cluster)))
+    return per_cluster[pick].sum(1)
+
+
+def compare(gen_a, gen_b, evaluator, root, replications=3, seed=0, device="cpu", split="test", draws=2000):
+    """Is b better than a on this split, and how sure is that? A paired comparison: in replication r both
+    generators get the captions, crops, R-Precision groups and initial noise of evaluate()'s replication
+    r (so each generator's R1 and MM-Dist equal evaluate()'s means), and every item keeps its hits and
+    true-pair distances. The 95% interval of the relative change comes from resampling source motions
+    (cluster_resample): the uncertainty from *which* clips the split holds, which evaluate()'s
+    interval over replications, drawn on one fixed set of clips, leaves out."""
+    names = [n for n, _, _ in data.MotionTextDataset(root, split).items]
+    cols = np.zeros((len(names), 5))                                      # hits a, hits b, dist a, dist b, kept
+    for r in tqdm(range(replications), desc="compare", mininterval=2):
+        for j, gen in enumerate((gen_a, gen_b)):
+            text, _, fake = embed_split(evaluator, root, split, seed + r, device, generator=gen,
+                                        gen_seed=seed * 1000 + r)
+            rank, dist = item_ranks(text, fake, np.random.default_rng(seed + r))
+            kept = rank >= 0
+            cols[kept, j] += rank[kept] == 0
+            cols[kept, 2 + j] += dist[kept]
+        cols[kept, 4] += 1                                                # the same groups for a and b
+    clusters = [source_motion(n) for n in names]
+    stats = lambda t: {"R1_a": t[..., 0] / t[..., 4], "R1_b": t[..., 1] / t[..., 4],  # noqa: E731
+                       "R1_diff": (t[..., 1] - t[..., 0]) / t[..., 4],
+                       "R1_change": t[..., 1] / t[..., 0] - 1, "MMDist_change": t[..., 3] / t[..., 2] - 1}
+    with np.errstate(invalid="ignore", divide="ignore"):                   # a draw with no hits for a: NaN
+        point, boot = stats(cols.sum(0)), stats(cluster_resample(cols, clusters, draws, seed))
+    return {k: {"value": float(point[k]), "lo": float(np.percentile(boot[k], 2.5)),
+                "hi": float(np.percentile(boot[k], 97.5))} for k in point} | \
+        {"items": len(names), "sources": len(set(clusters)), "replications": replications}
 
 
 # -----------------------------------------------------------------------------
@@ -539,6 +592,14 @@ def main():
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", help="write the rows here")
+    c = sub.add_parser("compare", help="b vs a, item by item, with an interval over the split's source motions")
+    c.add_argument("--generator", nargs=2, required=True, metavar=("A", "B"))
+    c.add_argument("--split", default="test", choices=("test", "val"))
+    c.add_argument("--evaluator", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--replications", type=int, default=3)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
     gn = sub.add_parser("grad-norm", help="Figure 3: Jacobian norms along the denoising chain")
     gn.add_argument("--generator", required=True)
     gn.add_argument("--steps", type=int, default=50)
@@ -573,6 +634,18 @@ def main():
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(rows, f, indent=1)
+    elif a.cmd == "compare":
+        import models
+        device = data.pick_device(a.device)
+        gens = [models.load_generator(g, device) for g in a.generator]
+        res = compare(*gens, load_evaluator(a.evaluator, device), a.data, a.replications, a.seed, device, a.split)
+        ci = lambda k, f: f"{f(res[k]['value'])} [{f(res[k]['lo'])}, {f(res[k]['hi'])}]"  # noqa: E731
+        pct = lambda v: f"{100 * v:+.1f}%"  # noqa: E731
+        print(f"{a.split} split, {res['items']} items from {res['sources']} source motions, "
+              f"{res['replications']} paired replications")
+        print(f"  R-P top1  a {res['R1_a']['value']:.3f}   b {res['R1_b']['value']:.3f}   "
+              f"b vs a {ci('R1_change', pct)}")
+        print(f"  MM-Dist   b vs a {ci('MMDist_change', pct)}   (95% intervals: source motions resampled)")
     elif a.cmd == "stats":
         rows = stats_table(a.generator, a.data, a.split, a.items, device=data.pick_device(a.device))
         parts = list(rows["real"])
