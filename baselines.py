@@ -226,8 +226,11 @@ def compare(ccfg: CompareConfig):
             raise data.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
     device = data.pick_device(ccfg.device)
     data.print_config(ccfg, "compare")
+    # NOTE: on MLD every method scores a clean prediction here (DRaFT/AlignProp/DRTune the final x_0, ReFL
+    # and EasyTune the one-step x0_hat, the released code's choice), not easytune.py's noise-aware default
     et_cfg = easytune.resolve(easytune.EasyTuneConfig(backbone=ccfg.backbone, preset=ccfg.preset, runs=ccfg.runs,
-                                                      data=ccfg.data, device=ccfg.device, seed=ccfg.seed))
+                                                      data=ccfg.data, device=ccfg.device, seed=ccfg.seed,
+                                                      reward_input="x0" if ccfg.backbone == "mld" else "noisy"))
     run_dir, root, _ = easytune.prerequisites(et_cfg, device)
     out = os.path.join(run_dir, "compare", ccfg.backbone)
     os.makedirs(out, exist_ok=True)

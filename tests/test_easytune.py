@@ -146,7 +146,8 @@ def test_backbone_defaults_fill_only_what_was_not_given():
     assert (r(backbone="mld").lr, r(backbone="mld").trajectories) == (3e-6, 15)
     assert (r(backbone="mdm").lr, r(backbone="mdm").trajectories) == (1e-6, 30)
     assert r(backbone="mdm", lr=2e-6).lr == 2e-6 and r(backbone="mdm", preset="tiny").trajectories == 4
-    assert r(backbone="mdm").reward_input == "noisy" and r(backbone="mld").reward_input == "x0"
+    assert r(backbone="mdm").reward_input == r(backbone="mld").reward_input == "noisy"
+    assert r(backbone="mld", reward_input="x0").reward_input == "x0"
 
 
 def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(build_tiny, tiny_data, tmp_path,
