@@ -299,23 +299,24 @@ def format_row(row):
 
 
 @torch.no_grad()
-def embed_split(evaluator, root, split, seed, device, batch_size=128, generator=None, gen_seed=0, steps=None):
+def embed_split(evaluator, root, split, seed, device, batch_size=128, generators=(), gen_seed=0, steps=None):
     """One pass over a split (random caption and crop per item, seeded): evaluator embeddings of the
-    texts, the real motions, and (if a generator is given) motions generated for the same captions
-    and ground-truth lengths (the whole split in one call, which denoises it in length-sorted chunks)."""
+    texts, the real motions, and, per generator, motions generated for the same captions and
+    ground-truth lengths from the same noise (the whole split in one call, which denoises it in
+    length-sorted chunks). -> text, real, [fake per generator]"""
     ds = data.MotionTextDataset(root, split, seed=seed)
     b = data.collate([ds[i] for i in range(len(ds))])
     lengths, mask = b["lengths"].to(device), b["mask"].to(device)[..., None]
     real = ds.denormalize(b["motion"].to(device)) * mask
-    fake = None
-    if generator is not None:
+    fakes = []
+    for generator in generators:
         g = torch.Generator(device=device).manual_seed(gen_seed)
         x = generator.sample(b["captions"], lengths, steps=steps, generator=g)
-        fake = (x * generator.std + generator.mean) * mask
+        fakes.append((x * generator.std + generator.mean) * mask)
     chunks = lambda f: torch.cat([f(i) for i in range(0, len(ds), batch_size)]).cpu().numpy().astype(np.float64)  # noqa: E731
     text = chunks(lambda i: evaluator.embed_text(b["tokens"][i:i + batch_size]))
     emb = lambda m: chunks(lambda i: evaluator.embed_motion(m[i:i + batch_size], lengths[i:i + batch_size]))  # noqa: E731
-    return text, emb(real), None if fake is None else emb(fake)
+    return text, emb(real), [emb(f) for f in fakes]
 
 
 def evaluate_real(evaluator, root, replications=20, seed=0, device="cpu", split="test"):
@@ -337,8 +338,8 @@ def evaluate(generator, evaluator, root, replications=20, seed=0, device="cpu", 
     rows = defaultdict(list)
     for r in tqdm(range(replications), desc="evaluate", mininterval=2):
         rng = np.random.default_rng(seed + r)
-        text, real, fake = embed_split(evaluator, root, split, seed + r, device, generator=generator,
-                                       gen_seed=seed * 1000 + r, steps=steps)
+        text, real, (fake,) = embed_split(evaluator, root, split, seed + r, device, generators=[generator],
+                                          gen_seed=seed * 1000 + r, steps=steps)
         (r1, r2, r3), mmd = r_precision(text, fake, rng)
         for k, v in zip(KEYS, [r1, r2, r3, fid(fake, real), mmd, diversity(fake, rng)]):
             rows[k].append(v)
@@ -385,14 +386,14 @@ def compare(gen_a, gen_b, evaluator, root, replications=3, seed=0, device="cpu",
     names = [n for n, _, _ in data.MotionTextDataset(root, split).items]
     cols = np.zeros((len(names), 5))                                      # hits a, hits b, dist a, dist b, kept
     for r in tqdm(range(replications), desc="compare", mininterval=2):
-        for j, gen in enumerate((gen_a, gen_b)):
-            text, _, fake = embed_split(evaluator, root, split, seed + r, device, generator=gen,
-                                        gen_seed=seed * 1000 + r)
-            rank, dist = item_ranks(text, fake, np.random.default_rng(seed + r))
+        text, _, fakes = embed_split(evaluator, root, split, seed + r, device, generators=(gen_a, gen_b),
+                                     gen_seed=seed * 1000 + r)
+        for j, fake in enumerate(fakes):
+            rank, dist = item_ranks(text, fake, np.random.default_rng(seed + r))  # the same groups for a and b
             kept = rank >= 0
             cols[kept, j] += rank[kept] == 0
             cols[kept, 2 + j] += dist[kept]
-        cols[kept, 4] += 1                                                # the same groups for a and b
+        cols[kept, 4] += 1
     clusters = [source_motion(n) for n in names]
     stats = lambda t: {"R1_a": t[..., 0] / t[..., 4], "R1_b": t[..., 1] / t[..., 4],  # noqa: E731
                        "R1_diff": (t[..., 1] - t[..., 0]) / t[..., 4],
