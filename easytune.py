@@ -484,7 +484,7 @@ def print_table(result, cfg):
         print(f"{name:>10} {cells}{extra}")
     b, e = result["base"], result["easytune"]
     print(f"EasyTune vs base: R-P top1 {100 * (e['R1']['mean'] / b['R1']['mean'] - 1):+.1f}%, "
-          f"MM-Dist {100 * (1 - e['MMDist']['mean'] / b['MMDist']['mean']):+.1f}% better, "
+          f"MM-Dist {100 * (e['MMDist']['mean'] / b['MMDist']['mean'] - 1):+.1f}% (lower is better), "
           f"FID {e['FID']['mean']:.3f} vs {b['FID']['mean']:.3f}±{b['FID']['ci']:.3f}")
 
 

@@ -14,9 +14,10 @@ Noise space       The noise is added to the *normalised 263-d features*, and the
                   embeds log(alpha_bar / (1 - alpha_bar)), not an integer t, so the reward reads any
                   schedule: MDM's x_t (feature space) is exactly what it was trained on. MLD's x_t is a
                   noisy *latent*; decoding it does not give feature-space noise, so for MLD the
-                  step-aware reward of Eq. 12 is the one-step prediction R_phi(decode(x0_hat), 0, c)
-                  (the official EasyTune code scores x0_hat too), and R_phi(decode(x_{t-1}), t-1, c) is
-                  an option that reads the reward off its training distribution.
+                  noise-aware R_phi(decode(x_{t-1}), t-1, c) reads the reward off its training
+                  distribution. It still won on val and is easytune.py's default; the one-step
+                  prediction R_phi(decode(x0_hat), 0, c) (the official EasyTune code's) is
+                  `--reward-input x0` there.
 SPL (Alg. 2)      per batch, the batch is the retrieval pool: every caption scores every motion
                   (Eq. 11); if its ground truth is not in the top-k (k = 10) the pair (x_w = ground
                   truth, x_l = best-scoring wrong motion) is mined (Eq. 13-14), P = softmax(R(x_w), R(x_l))
@@ -35,6 +36,8 @@ are found by their content words, not by a sentence-embedding model (no download
 Run:  python spl.py pretrain --data data/synth --out runs/synth/reward_pre.pt
       python spl.py spl --init runs/synth/reward_pre.pt --out runs/synth/reward.pt
       python spl.py bench --reward runs/synth/reward_pre.pt runs/synth/reward.pt --data data/synth
+      python spl.py bench --reward runs/synth/reward.pt --data data/synth --samples runs/synth/mld.pt \
+          runs/synth/easytune_mld/best.pt     # how retrievable the reward finds each model's samples
 """
 from __future__ import annotations
 
@@ -282,11 +285,13 @@ def recall_at(S, ks=(1, 2, 3, 5, 10)):
 
 
 @torch.no_grad()
-def bench(reward: Reward, root: str, generator=None, ts=(0, 50, 100, 250, 500), seed=0, split="test"):
+def bench(reward: Reward, root: str, generator=None, ts=(0, 50, 100, 250, 500), seed=0, split="test", samples=None):
     """R@k text->motion and motion->text on the test split (first caption, whole clip: TMR's protocol),
     over 'all test' and 'batches of 32', for clean motion, forward-noised x_t (feature space, cosine
     schedule) and, with a generator, its one-step prediction from an x_t (empty text, so the caption
-    cannot leak in)."""
+    cannot leak in). samples {name: generator}: also each generator's full samples for the same
+    captions and lengths (the same noise for every generator), which shows how much retrieval the
+    reward itself sees left between a generator and the real motions (the "clean" row)."""
     device = reward.mean.device
     ds = data.MotionTextDataset(root, split, deterministic=True)
     batch = data.collate([ds[i] for i in range(len(ds))])
@@ -301,9 +306,13 @@ def bench(reward: Reward, root: str, generator=None, ts=(0, 50, 100, 250, 500), 
         conditions["clean" if t == 0 else f"noisy t={t}"] = (xt, ab)
         if generator is not None and t:
             conditions[f"x0_hat from t={t}"] = (one_step_prediction(generator, x, lengths, t, g), None)
+    for name, gen in (samples or {}).items():                          # (N, T, D) in the generator's normalisation
+        feats = gen.sample(captions, lengths, generator=torch.Generator(device=device).manual_seed(seed))
+        conditions[f"samples of {name}"] = ((feats * gen.std + gen.mean - reward.mean) / reward.std * mask[..., None], None)
     out = {}
     perm = np.random.default_rng(seed).permutation(len(x))
-    groups = perm[: len(perm) // 32 * 32].reshape(-1, 32)
+    group = min(32, len(x))                                            # a split smaller than 32 is one group
+    groups = perm[: len(perm) // group * group].reshape(-1, group)
     for name, (xt, ab) in conditions.items():
         motion = torch.cat([reward.motion_embed(xt[i:i + 256], lengths[i:i + 256], ab) for i in range(0, len(xt), 256)])
         S = (text @ motion.T).cpu()
@@ -352,6 +361,8 @@ def main():
     b.add_argument("--reward", nargs="+", required=True)
     b.add_argument("--data", required=True)
     b.add_argument("--generator", default=None, help="MLD/MDM checkpoint for the one-step-prediction rows")
+    b.add_argument("--samples", nargs="+", default=[], metavar="CKPT",
+                   help="generator checkpoints whose full samples (same noise for each) get a row")
     b.add_argument("--device", default="auto")
     b.add_argument("--json", default=None)
     a = p.parse_args()
@@ -368,9 +379,10 @@ def main():
     else:
         device = data.pick_device(a.device)
         gen = models.load_generator(a.generator, device) if a.generator else None
+        samples = {path: models.load_generator(path, device) for path in a.samples}
         results = {}
         for path in a.reward:
-            res = bench(load_reward(path, device), a.data, gen)
+            res = bench(load_reward(path, device), a.data, gen, samples=samples)
             results[path] = res
             print(f"== {path}\n{format_bench(res)}")
         if a.json:

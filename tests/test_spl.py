@@ -99,3 +99,22 @@ def test_spl_gradients_reach_phi_and_only_phi(build_tiny, tiny_data):
     assert reward.log_tau.grad is not None and reward.x_in.weight.grad.abs().sum() > 0
     assert reward.text_out.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in gen.parameters())                 # the generator is not involved
+
+
+def test_bench_scores_a_generators_samples_in_the_rewards_normalisation(build_tiny, tiny_data):
+    """A 'generator' that replays the real test motions, in a normalisation of its own, must get the
+    'clean' row: bench's samples rows convert generator features into the reward's space."""
+    _, reward = build_tiny()
+    ds = data.MotionTextDataset(tiny_data, "test", deterministic=True)
+    real = data.collate([ds[i] for i in range(len(ds))])["motion"] * reward.std + reward.mean   # raw features
+
+    class Replay:
+        mean, std = reward.mean + 0.5, reward.std * 2.0
+
+        def sample(self, captions, lengths, generator=None):
+            assert len(captions) == len(real)
+            return (real - self.mean) / self.std
+
+    res = spl.bench(reward, tiny_data, ts=(0,), samples={"replay": Replay()})
+    assert set(res) == {"clean", "samples of replay"}
+    assert res["samples of replay"] == pytest.approx(res["clean"], abs=1e-6)
