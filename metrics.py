@@ -17,7 +17,8 @@ T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that proto
               imaginary part), Diversity over 300 random pairs, MultiModality (100 captions x 30 samples,
               10 pairs); each replication re-draws captions and crops; mean +/- 1.96 std / sqrt(n).
   compare()   two generators item by item on the same draws, with a 95% interval from resampling the
-              split's source motions (not in the paper: its +/- covers replications, not which clips).
+              split's source motions (not in the paper: its +/- covers replications, not which clips);
+              with --reward, also how much of what the evaluator holds against a the reward can see.
   Meters      SavedTensorMeter: peak bytes of tensors autograd keeps for backward (parameters excluded,
               shared storage counted once, frees tracked), identical on every device; cuda_peak();
               TimeMeter for per-update and per-trajectory wall time.
@@ -31,7 +32,7 @@ Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evalu
       python metrics.py eval --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth
       python metrics.py grad-norm --generator runs/synth/mld.pt
       python metrics.py compare --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt \\
-          --evaluator runs/synth/evaluator.pt --data data/synth
+          --evaluator runs/synth/evaluator.pt --data data/synth [--reward runs/synth/reward.pt]
       python metrics.py stats --data data/synth --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt
 """
 from __future__ import annotations
@@ -299,11 +300,13 @@ def format_row(row):
 
 
 @torch.no_grad()
-def embed_split(evaluator, root, split, seed, device, batch_size=128, generators=(), gen_seed=0, steps=None):
+def embed_split(evaluator, root, split, seed, device, batch_size=128, generators=(), gen_seed=0, steps=None,
+                keep=False):
     """One pass over a split (random caption and crop per item, seeded): evaluator embeddings of the
     texts, the real motions, and, per generator, motions generated for the same captions and
     ground-truth lengths from the same noise (the whole split in one call, which denoises it in
-    length-sorted chunks). -> text, real, [fake per generator]"""
+    length-sorted chunks). -> text, real, [fake per generator]; keep: also (batch, real features,
+    [fake features]), un-normalised (N, T, 263), for a second scorer."""
     ds = data.MotionTextDataset(root, split, seed=seed)
     b = data.collate([ds[i] for i in range(len(ds))])
     lengths, mask = b["lengths"].to(device), b["mask"].to(device)[..., None]
@@ -316,7 +319,7 @@ def embed_split(evaluator, root, split, seed, device, batch_size=128, generators
     chunks = lambda f: torch.cat([f(i) for i in range(0, len(ds), batch_size)]).cpu().numpy().astype(np.float64)  # noqa: E731
     text = chunks(lambda i: evaluator.embed_text(b["tokens"][i:i + batch_size]))
     emb = lambda m: chunks(lambda i: evaluator.embed_motion(m[i:i + batch_size], lengths[i:i + batch_size]))  # noqa: E731
-    return text, emb(real), [emb(f) for f in fakes]
+    return (text, emb(real), [emb(f) for f in fakes]) + (((b, real, fakes),) if keep else ())
 
 
 def evaluate_real(evaluator, root, replications=20, seed=0, device="cpu", split="test"):
@@ -376,33 +379,51 @@ def cluster_resample(columns, clusters, draws=2000, seed=0):
     return per_cluster[pick].sum(1)
 
 
-def compare(gen_a, gen_b, evaluator, root, replications=3, seed=0, device="cpu", split="test", draws=2000):
+def compare(gen_a, gen_b, evaluator, root, replications=3, seed=0, device="cpu", split="test", draws=2000,
+            second=None):
     """Is b better than a on this split, and how sure is that? A paired comparison: in replication r both
     generators get the captions, crops, R-Precision groups and initial noise of evaluate()'s replication
     r (so each generator's R1 and MM-Dist equal evaluate()'s means), and every item keeps its hits and
     true-pair distances. The 95% interval of the relative change comes from resampling source motions
     (cluster_resample): the uncertainty from *which* clips the split holds, which evaluate()'s
-    interval over replications, drawn on one fixed set of clips, leaves out."""
+    interval over replications, drawn on one fixed set of clips, leaves out.
+    Also counted, item by item (point values): "fixed" (a's miss that b retrieves) and "broken" (a's hit
+    that b misses); and, with second(captions, feats (N, T, 263), lengths) -> (text, motion) embeddings of
+    another retrieval model (e.g. the reward), ranked by Euclidean distance in the same groups: of the
+    "gap" items, where the evaluator retrieves the real motion but not a's sample, how many the second
+    model retrieves a's sample for (what the second model cannot see is wrong)."""
     names = [n for n, _, _ in data.MotionTextDataset(root, split).items]
     cols = np.zeros((len(names), 5))                                      # hits a, hits b, dist a, dist b, kept
+    counts = defaultdict(int)
     for r in tqdm(range(replications), desc="compare", mininterval=2):
-        text, _, fakes = embed_split(evaluator, root, split, seed + r, device, generators=(gen_a, gen_b),
-                                     gen_seed=seed * 1000 + r)
+        text, real, fakes, (b, real_feats, fake_feats) = embed_split(
+            evaluator, root, split, seed + r, device, generators=(gen_a, gen_b), gen_seed=seed * 1000 + r, keep=True)
+        hit = []
         for j, fake in enumerate(fakes):
             rank, dist = item_ranks(text, fake, np.random.default_rng(seed + r))  # the same groups for a and b
             kept = rank >= 0
             cols[kept, j] += rank[kept] == 0
             cols[kept, 2 + j] += dist[kept]
+            hit.append(rank == 0)
         cols[kept, 4] += 1
+        counts["kept"] += int(kept.sum())
+        counts["fixed"] += int((~hit[0] & hit[1] & kept).sum())
+        counts["broken"] += int((hit[0] & ~hit[1]).sum())
+        if second is not None:
+            gap = (item_ranks(text, real, np.random.default_rng(seed + r))[0] == 0) & ~hit[0]
+            t2, m2 = second(b["captions"], fake_feats[0], b["lengths"].to(device))
+            counts["gap"] += int(gap.sum())
+            counts["gap, second retrieves a"] += int((gap & (item_ranks(t2, m2, np.random.default_rng(seed + r))[0] == 0)).sum())
     clusters = [source_motion(n) for n in names]
     stats = lambda t: {"R1_a": t[..., 0] / t[..., 4], "R1_b": t[..., 1] / t[..., 4],  # noqa: E731
                        "R1_diff": (t[..., 1] - t[..., 0]) / t[..., 4],
                        "R1_change": t[..., 1] / t[..., 0] - 1, "MMDist_change": t[..., 3] / t[..., 2] - 1}
-    with np.errstate(invalid="ignore", divide="ignore"):                   # a draw with no hits for a: NaN
+    with np.errstate(invalid="ignore", divide="ignore"):                   # a draw with no hits for a: inf / NaN
         point, boot = stats(cols.sum(0)), stats(cluster_resample(cols, clusters, draws, seed))
-    return {k: {"value": float(point[k]), "lo": float(np.percentile(boot[k], 2.5)),
-                "hi": float(np.percentile(boot[k], 97.5))} for k in point} | \
-        {"items": len(names), "sources": len(set(clusters)), "replications": replications}
+        out = {k: {"value": float(point[k]), "lo": float(np.percentile(boot[k], 2.5)),
+                   "hi": float(np.percentile(boot[k], 97.5))} for k in point}
+    return out | \
+        {"items": len(names), "sources": len(set(clusters)), "replications": replications, "counts": dict(counts)}
 
 
 # -----------------------------------------------------------------------------
@@ -601,6 +622,7 @@ def main():
     c.add_argument("--replications", type=int, default=3)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto")
+    c.add_argument("--reward", default=None, help="also: where a's misses are that this reward (spl.py) cannot see")
     gn = sub.add_parser("grad-norm", help="Figure 3: Jacobian norms along the denoising chain")
     gn.add_argument("--generator", required=True)
     gn.add_argument("--steps", type=int, default=50)
@@ -639,7 +661,12 @@ def main():
         import models
         device = data.pick_device(a.device)
         gens = [models.load_generator(g, device) for g in a.generator]
-        res = compare(*gens, load_evaluator(a.evaluator, device), a.data, a.replications, a.seed, device, a.split)
+        second = None
+        if a.reward:
+            import spl
+            second = spl.load_reward(a.reward, device).retrieval_embeddings
+        res = compare(*gens, load_evaluator(a.evaluator, device), a.data, a.replications, a.seed, device, a.split,
+                      second=second)
         ci = lambda k, f: f"{f(res[k]['value'])} [{f(res[k]['lo'])}, {f(res[k]['hi'])}]"  # noqa: E731
         pct = lambda v: f"{100 * v:+.1f}%"  # noqa: E731
         print(f"{a.split} split, {res['items']} items from {res['sources']} source motions, "
@@ -647,6 +674,13 @@ def main():
         print(f"  R-P top1  a {res['R1_a']['value']:.3f}   b {res['R1_b']['value']:.3f}   "
               f"b vs a {ci('R1_change', pct)}")
         print(f"  MM-Dist   b vs a {ci('MMDist_change', pct)}   (95% intervals: source motions resampled)")
+        n = res["counts"]
+        print(f"  items (summed over replications): b retrieves {n['fixed']} of a's misses and misses {n['broken']}"
+              f" of a's hits")
+        if a.reward:
+            print(f"  of the {n['gap']} items where the evaluator retrieves the real motion but not a's sample, the"
+                  f" reward retrieves a's sample in {n['gap, second retrieves a']}"
+                  f" ({100 * n['gap, second retrieves a'] / max(n['gap'], 1):.0f}%)")
     elif a.cmd == "stats":
         rows = stats_table(a.generator, a.data, a.split, a.items, device=data.pick_device(a.device))
         parts = list(rows["real"])

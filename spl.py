@@ -149,6 +149,16 @@ class Reward(nn.Module):
         pick = np.random.default_rng(seed).choice(len(caps), min(n, len(caps)), replace=False)
         return self.text_embed([caps[i] for i in pick])
 
+    @torch.no_grad()
+    def retrieval_embeddings(self, captions, feats, lengths, batch_size=128):
+        """(text, motion) unit embeddings as numpy (N, embed_dim) of captions and *un-normalised*
+        features (N, T, 263): the reward as a retrieval model beside the evaluator (metrics.compare)."""
+        mask = (torch.arange(feats.shape[1], device=feats.device)[None] < lengths[:, None])[..., None]
+        x = (feats - self.mean) / self.std * mask
+        motion = torch.cat([self.motion_embed(x[i:i + batch_size], lengths[i:i + batch_size])
+                            for i in range(0, len(x), batch_size)])
+        return self.text_embed(list(captions)).cpu().double().numpy(), motion.cpu().double().numpy()
+
     def scores(self, x, lengths, captions, alpha_bar=None):
         """Eq. 11 for every (caption i, motion j) -> (B, B)."""
         return self.tau * self.text_embed(captions) @ self.motion_embed(x, lengths, alpha_bar).T

@@ -159,3 +159,18 @@ def test_compare_is_paired_and_matches_evaluate(build_tiny, tiny_evaluator, tiny
     row = metrics.evaluate(gen, tiny_evaluator, tiny_data, replications=2, seed=3)
     assert res["R1_a"]["value"] == pytest.approx(row["R1"]["mean"], abs=1e-12)
     assert res["sources"] * 2 <= res["items"]                               # clips come with their mirrors
+
+
+def test_compare_counts_fixed_broken_and_what_a_second_model_cannot_see(build_tiny, tiny_evaluator, tiny_data):
+    """fixed - broken is the change in hits; a second model that retrieves every item sees every 'gap'
+    item (evaluator: real retrieved, a's sample not) as retrieved, one that retrieves none sees none."""
+    (gen_a, _), (gen_b, _) = build_tiny("mdm", seed=0), build_tiny("mdm", seed=1)
+    res = {}
+    for name, shift in (("all", 0), ("none", 1)):
+        second = lambda caps, feats, lengths, k=shift: (np.eye(len(caps)), np.roll(np.eye(len(caps)), k, 0))  # noqa: E731
+        res[name] = metrics.compare(gen_a, gen_b, tiny_evaluator, tiny_data, replications=2, seed=3, draws=50,
+                                    second=second)
+    n = res["all"]["counts"]
+    assert n["fixed"] - n["broken"] == pytest.approx(res["all"]["R1_diff"]["value"] * n["kept"], abs=1e-9)
+    assert n["gap"] > 0 and n["gap, second retrieves a"] == n["gap"]
+    assert res["none"]["counts"]["gap, second retrieves a"] == 0 and res["none"]["counts"]["gap"] == n["gap"]

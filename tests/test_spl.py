@@ -2,6 +2,7 @@
 noise-aware reward's inputs, the contrastive form, and a tiny pretrain + SPL run."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,3 +119,13 @@ def test_bench_scores_a_generators_samples_in_the_rewards_normalisation(build_ti
     res = spl.bench(reward, tiny_data, ts=(0,), samples={"replay": Replay()})
     assert set(res) == {"clean", "samples of replay"}
     assert res["samples of replay"] == pytest.approx(res["clean"], abs=1e-6)
+
+
+def test_retrieval_embeddings_read_unnormalised_features(build_tiny, tiny_data):
+    _, reward = build_tiny()
+    ds = data.MotionTextDataset(tiny_data, "val", deterministic=True)
+    b = data.collate([ds[i] for i in range(4)])
+    raw = (b["motion"] * reward.std + reward.mean) * b["mask"][..., None]        # padding is zero, as sampled
+    text, motion = reward.retrieval_embeddings(b["captions"], raw, b["lengths"])
+    assert np.allclose(text, reward.text_embed(b["captions"]).numpy(), atol=1e-6)
+    assert np.allclose(motion, reward.motion_embed(b["motion"], b["lengths"]).numpy(), atol=1e-5)
