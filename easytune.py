@@ -100,7 +100,7 @@ BACKBONE_DEFAULTS = {"mld": {}, "mdm": {"lr": 1e-6, "trajectories": 30}}
 
 def to_reward_space(feats, gen, reward):
     """Generator-normalised features -> the reward's normalisation (both read the same 263 dims)."""
-    return (feats * gen.std + gen.mean - reward.mean) / reward.std
+    return reward.normalise(feats * gen.std + gen.mean)
 
 
 class RewardFn:

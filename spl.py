@@ -149,12 +149,16 @@ class Reward(nn.Module):
         pick = np.random.default_rng(seed).choice(len(caps), min(n, len(caps)), replace=False)
         return self.text_embed([caps[i] for i in pick])
 
+    def normalise(self, feats):
+        """Un-normalised features (..., 263) -> the reward's input normalisation (its training Mean/Std)."""
+        return (feats - self.mean) / self.std
+
     @torch.no_grad()
     def retrieval_embeddings(self, captions, feats, lengths, batch_size=128):
         """(text, motion) unit embeddings as numpy (N, embed_dim) of captions and *un-normalised*
         features (N, T, 263): the reward as a retrieval model beside the evaluator (metrics.compare)."""
         mask = (torch.arange(feats.shape[1], device=feats.device)[None] < lengths[:, None])[..., None]
-        x = (feats - self.mean) / self.std * mask
+        x = self.normalise(feats) * mask
         motion = torch.cat([self.motion_embed(x[i:i + batch_size], lengths[i:i + batch_size])
                             for i in range(0, len(x), batch_size)])
         return self.text_embed(list(captions)).cpu().double().numpy(), motion.cpu().double().numpy()
@@ -318,7 +322,7 @@ def bench(reward: Reward, root: str, generator=None, ts=(0, 50, 100, 250, 500), 
             conditions[f"x0_hat from t={t}"] = (one_step_prediction(generator, x, lengths, t, g), None)
     for name, gen in (samples or {}).items():                          # (N, T, D) in the generator's normalisation
         feats = gen.sample(captions, lengths, generator=torch.Generator(device=device).manual_seed(seed))
-        conditions[f"samples of {name}"] = ((feats * gen.std + gen.mean - reward.mean) / reward.std * mask[..., None], None)
+        conditions[f"samples of {name}"] = (reward.normalise(feats * gen.std + gen.mean) * mask[..., None], None)
     out = {}
     perm = np.random.default_rng(seed).permutation(len(x))
     group = min(32, len(x))                                            # a split smaller than 32 is one group
