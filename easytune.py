@@ -30,11 +30,14 @@ dropped, as the "x0" mode does here. Selection and early stopping use the val sp
 reward (mean val reward, with a reward-embedding FID as a guard); the evaluator never selects.
 The default lr is 3e-6 (MDM: 1e-6 for 30 trajectories), not the paper's 1e-5 (chosen on val; see
 the config and BACKBONE_DEFAULTS). The reward is
-Eq. 11's similarity, as in the paper; a contrastive form is an option (see RewardFn).
+Eq. 11's similarity, as in the paper; a contrastive form is an option (see RewardFn). `--reward-model`
+swaps R_phi for another spl.py reward (e.g. the one before SPL) or, as a diagnostic, the second
+evaluator (never the test one; README, "A second evaluator as the reward").
 
 Run:  python easytune.py --backbone mld            # everything, from a fresh clone, on a CPU
       python easytune.py --backbone mdm
       python easytune.py --backbone mld --preset tiny   # a smoke test, about a minute
+      python easytune.py --backbone mld --reward-model runs/synth/reward_pretrained.pt   # EasyTune without SPL
 """
 from __future__ import annotations
 
@@ -67,6 +70,8 @@ class EasyTuneConfig:
     method: str = "step"             # step | chain (Algorithm 1)
     reward_input: str = "noisy"      # noisy | x0 (Eq. 12); for MLD, val preferred noisy (top-1 +12.3% vs +7.2%)
     reward_form: str = "similarity"  # similarity: Eq. 11 | contrastive: log p(c | x) among training captions
+    reward_model: str = ""           # empty: runs/<dataset>/reward.pt (SPL); or another spl.py reward, or, as a
+                                     # diagnostic, a second metrics.py evaluator (never the test one)
     train_steps: str = "all"         # all | last:K | first:K | random:K (drawn once per trajectory)
     weighting: str = "uniform"       # uniform | increasing | decreasing (App. A.5)
     guidance: float = -1.0           # CFG scale kept during fine-tuning; < 0: the backbone's (7.5 / 2.5)
@@ -109,12 +114,20 @@ class RewardFn:
     log p(c | x) among c and 512 training captions (spl.Reward.log_prob), which saturates once the
     motion is retrieved by its caption. Chosen on val with a second evaluator (metrics.py's
     architecture, seed 4321; never the test evaluator; commands in the README), 15 trajectories at
-    lr 3e-6 on x0_hat: R-P top-1 0.571 (base) -> 0.613 (similarity) / 0.588 (contrastive), FID 0.82 -> 0.59 / 0.78."""
+    lr 3e-6 on x0_hat: R-P top-1 0.571 (base) -> 0.613 (similarity) / 0.588 (contrastive), FID 0.82 -> 0.59 / 0.78.
+    A diagnostic, not the paper's reward: `reward` may be a metrics.Evaluator (the second one; never the
+    test one, see load_reward_model), scored as minus its T2M distance ||E_M(x) - E_T(c)||, the
+    per-item MM-Dist. It reads clean motion only (alpha_bar is refused)."""
 
     def __init__(self, reward, gen, root, form="similarity"):
         if form not in ("contrastive", "similarity"):
             raise data.InputError(f"--reward-form {form!r}: contrastive or similarity")
         self.reward, self.gen, self.form = reward, gen, form
+        self.is_evaluator = isinstance(reward, metrics.Evaluator)
+        if self.is_evaluator:
+            if form != "similarity":
+                raise data.InputError("--reward-form contrastive needs a spl.py reward, not an evaluator")
+            self.tokens = caption_tokens(root)                             # the evaluator reads words + POS
         if form == "similarity":
             self.bank = None
         elif isinstance(root, str):                                       # a dataset: 512 training captions
@@ -124,10 +137,28 @@ class RewardFn:
                 self.bank = reward.text_embed(list(root))
 
     def __call__(self, feats, lengths, captions, alpha_bar=None):
-        x = to_reward_space(feats, self.gen, self.reward) * (feats != 0).any(-1, keepdim=True)
+        mask = (feats != 0).any(-1, keepdim=True)
+        if self.is_evaluator:
+            if alpha_bar is not None:
+                raise data.InputError("an evaluator as the reward reads clean motion: use --reward-input x0")
+            text = self.reward.embed_text([self.tokens[c] for c in captions])
+            return -(self.embed(feats, lengths, mask) - text).norm(dim=-1)               # (B,)
+        x = to_reward_space(feats, self.gen, self.reward) * mask
         if self.form == "similarity":
             return self.reward(x, lengths, captions, alpha_bar)
         return self.reward.log_prob(x, lengths, captions, self.bank, alpha_bar)
+
+    def embed(self, feats, lengths, mask):
+        """Clean motion embeddings E_M(x) of generator-normalised features (B, T, D), mask (B, T, 1)."""
+        if self.is_evaluator:
+            return self.reward.embed_motion((feats * self.gen.std + self.gen.mean) * mask, lengths)
+        return self.reward.motion_embed(to_reward_space(feats, self.gen, self.reward) * mask, lengths)
+
+
+def caption_tokens(root: str) -> dict:
+    """caption -> its 'word/POS' tokens, over the train and val splits (what an evaluator reads)."""
+    return {c: tok for split in ("train", "val") for _, _, caps in data.MotionTextDataset(root, split).items
+            for c, tok in caps}
 
 
 def step_reward(gen, reward_fn, x_prev, x0_hat, t_prev, cond, captions, mode):
@@ -222,10 +253,9 @@ def val_score(gen, reward_fn, root, steps=50, seed=0, max_items=128):
     lengths, mask = b["lengths"].to(gen.device), b["mask"].to(gen.device)
     g = torch.Generator(device=gen.device).manual_seed(seed)
     x = gen.sample(b["captions"], lengths, steps=steps, generator=g)
-    reward = reward_fn.reward
     r = reward_fn(x, lengths, b["captions"]).mean().item()
-    fake, real = (to_reward_space(v, gen, reward) * mask[..., None] for v in (x, b["motion"].to(gen.device)))
-    e_fake, e_real = (reward.motion_embed(v, lengths).cpu().double().numpy() for v in (fake, real))
+    e_fake, e_real = (reward_fn.embed(v, lengths, mask[..., None]).cpu().double().numpy()
+                      for v in (x, b["motion"].to(gen.device)))
     return {"val_reward": r, "val_reward_fid": metrics.fid(e_fake, e_real), "touched": sorted(set(b["names"]))}
 
 
@@ -381,6 +411,23 @@ def prerequisites(cfg: EasyTuneConfig, device):
     return run, root, report
 
 
+def load_reward_model(path, test_evaluator, device):
+    """R_phi: a spl.py reward, or (a diagnostic) a metrics.py evaluator that is not the test evaluator
+    (compared by weights, so a renamed copy is refused too): the evaluator that reports never trains."""
+    kind = data.load_checkpoint(path)["kind"]
+    if kind == "reward":
+        return spl.load_reward(path, device)
+    if kind != "evaluator":
+        raise data.InputError(f"--reward-model {path}: a '{kind}' checkpoint; expected a spl.py reward "
+                              "or a metrics.py evaluator")
+    ev, test = metrics.load_evaluator(path, device), metrics.load_evaluator(test_evaluator, device)
+    a, b = ev.state_dict(), test.state_dict()
+    if a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a):
+        raise data.InputError(f"--reward-model {path}: this is the test evaluator ({test_evaluator}); the "
+                              "evaluator that reports the results cannot also be the reward")
+    return ev
+
+
 def set_guidance(gen, guidance):
     """--guidance >= 0 replaces the backbone's CFG scale for everything sampled in this run."""
     if guidance >= 0:
@@ -437,12 +484,18 @@ def run(cfg: EasyTuneConfig):
     data.seed_everything(cfg.seed)
     data.print_config(cfg, "easytune")
     run_dir, root, report = prerequisites(cfg, device)
-    out_dir = os.path.join(run_dir, f"easytune_{cfg.backbone}")
-    os.makedirs(out_dir, exist_ok=True)
+    tag = cfg.backbone + (f"-{os.path.splitext(os.path.basename(cfg.reward_model))[0]}" if cfg.reward_model else "")
     gen_path = os.path.join(run_dir, f"{cfg.backbone}.pt")
-    gen, reward = models.load_generator(gen_path, device), spl.load_reward(os.path.join(run_dir, "reward.pt"), device)
-    if gen.vocab.itos != reward.vocab.itos:
+    gen = models.load_generator(gen_path, device)
+    reward = load_reward_model(cfg.reward_model or os.path.join(run_dir, "reward.pt"),
+                               os.path.join(run_dir, "evaluator.pt"), device)
+    is_ev = isinstance(reward, metrics.Evaluator)
+    if (reward.words != metrics.word_vocab(root)) if is_ev else (gen.vocab.itos != reward.vocab.itos):
         raise data.InputError(f"{gen_path} and the reward were trained on different datasets")
+    if is_ev and cfg.reward_input != "x0":                                                  # before any work
+        raise data.InputError(f"--reward-model {cfg.reward_model}: an evaluator reads clean motion; add --reward-input x0")
+    out_dir = os.path.join(run_dir, f"easytune_{tag}")                   # another reward: its own folder
+    os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     summary = finetune(gen, reward, cfg, root, out_dir, os.path.join(out_dir, "log.jsonl"))
     print(f"fine-tuned in {time.time() - t0:.0f}s: {summary['updates']} updates over {summary['trajectories']} "
@@ -459,7 +512,7 @@ def run(cfg: EasyTuneConfig):
     result = {**rows, "real": real, "config": dataclasses.asdict(cfg), "prerequisites": report,
               "finetune": {k: v for k, v in summary.items() if k != "history"}, "val_history": summary["history"],
               "guidance": gen.cfg.guidance, "total_time_s": time.time() - t_start}
-    for name in (f"results_{cfg.backbone}.json", "results.json"):
+    for name in (f"results_{tag}.json",) + (() if cfg.reward_model else ("results.json",)):
         with open(os.path.join(run_dir, name), "w") as f:
             json.dump(result, f, indent=1)
     print_table(result, cfg)
@@ -468,7 +521,7 @@ def run(cfg: EasyTuneConfig):
                   os.path.join(out_dir, "gifs"), device)
     if gifs:
         print(f"GIFs (base | EasyTune): {os.path.dirname(gifs[0])}/")
-    print(f"total {time.time() - t_start:.0f}s; results in {os.path.join(run_dir, 'results.json')}")
+    print(f"total {time.time() - t_start:.0f}s; results in {os.path.join(run_dir, f'results_{tag}.json')}")
     return result
 
 

@@ -173,3 +173,44 @@ def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(b
     assert all(torch.equal(best[k], before[k]) for k in before)    # best.pt is the pre-trained model
     log = [l for l in open(tmp_path / "log.jsonl")]
     assert len(log) == summary["updates"] == 2 * 3
+
+
+def _evaluator(root, seed):
+    torch.manual_seed(seed)
+    cfg = metrics.EvaluatorConfig(data=root, **metrics.EVALUATOR_PRESETS["tiny"])
+    ds = data.MotionTextDataset(root, "train")
+    ev = metrics.Evaluator(cfg, metrics.word_vocab(root), ds.dims).eval()
+    ev.mean.copy_(torch.tensor(ds.mean)), ev.std.copy_(torch.tensor(ds.std))
+    return ev, {"kind": "evaluator", "config": dataclasses.asdict(cfg), "words": ev.words, "dims": ds.dims,
+                "model": ev.state_dict()}
+
+
+def test_an_evaluator_as_the_reward_is_minus_its_distance_and_never_the_test_evaluator(build_tiny, tiny_data,
+                                                                                         tmp_path):
+    """The diagnostic reward (--reward-model EVALUATOR) is -||E_M(x) - E_T(c)||, the per-item MM-Dist,
+    computed here from the evaluator's own embeddings of the raw motions; and the test evaluator, even
+    renamed, is refused, so the evaluator that reports never trains."""
+    gen, _ = build_tiny("mld")
+    ev, ck = _evaluator(tiny_data, seed=0)
+    ds = data.MotionTextDataset(tiny_data, "val", deterministic=True)
+    b = data.collate([ds[i] for i in range(4)])
+    feats = b["motion"] * b["mask"][..., None]                      # generator-normalised (gen uses train stats)
+    reward_fn = easytune.RewardFn(ev, gen, tiny_data)
+    r = reward_fn(feats, b["lengths"], b["captions"])
+    with torch.no_grad():
+        raw = ds.denormalize(b["motion"]) * b["mask"][..., None]
+        want = -metrics.euclidean(ev.embed_text(b["tokens"]).numpy(), ev.embed_motion(raw, b["lengths"]).numpy())
+    assert np.allclose(r.detach().numpy(), np.diag(want), atol=1e-4)
+    with pytest.raises(data.InputError, match="clean motion"):
+        reward_fn(feats, b["lengths"], b["captions"], alpha_bar=torch.full((4,), 0.5))
+    with pytest.raises(data.InputError, match="contrastive"):
+        easytune.RewardFn(ev, gen, tiny_data, "contrastive")
+
+    test_path, copy_path, other_path = (str(tmp_path / n) for n in ("evaluator.pt", "renamed.pt", "second.pt"))
+    torch.save(ck, test_path), torch.save(ck, copy_path), torch.save(_evaluator(tiny_data, seed=1)[1], other_path)
+    with pytest.raises(data.InputError, match="renamed.pt: this is the test evaluator"):
+        easytune.load_reward_model(copy_path, test_path, "cpu")
+    assert isinstance(easytune.load_reward_model(other_path, test_path, "cpu"), metrics.Evaluator)
+    torch.save({"kind": "generator"}, str(tmp_path / "gen.pt"))
+    with pytest.raises(data.InputError, match="gen.pt: a 'generator' checkpoint"):
+        easytune.load_reward_model(str(tmp_path / "gen.pt"), test_path, "cpu")
