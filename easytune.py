@@ -512,7 +512,8 @@ def run(cfg: EasyTuneConfig):
     result = {**rows, "real": real, "config": dataclasses.asdict(cfg), "prerequisites": report,
               "finetune": {k: v for k, v in summary.items() if k != "history"}, "val_history": summary["history"],
               "guidance": gen.cfg.guidance, "total_time_s": time.time() - t_start}
-    for name in (f"results_{tag}.json",) + (() if cfg.reward_model else ("results.json",)):
+    names = (f"results_{tag}.json",) + (() if cfg.reward_model else ("results.json",))
+    for name in names:
         with open(os.path.join(run_dir, name), "w") as f:
             json.dump(result, f, indent=1)
     print_table(result, cfg)
@@ -521,7 +522,7 @@ def run(cfg: EasyTuneConfig):
                   os.path.join(out_dir, "gifs"), device)
     if gifs:
         print(f"GIFs (base | EasyTune): {os.path.dirname(gifs[0])}/")
-    print(f"total {time.time() - t_start:.0f}s; results in {os.path.join(run_dir, f'results_{tag}.json')}")
+    print(f"total {time.time() - t_start:.0f}s; results in {' and '.join(os.path.join(run_dir, n) for n in names)}")
     return result
 
 
