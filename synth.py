@@ -45,17 +45,18 @@ OTHER = {"left": "right", "right": "left"}
 rad = np.radians
 
 # -----------------------------------------------------------------------------
-# Joint-angle helpers. Angles are anatomical and positive: flex = forward / bend, abd = outward.
-
-
-def flex(E, joint, deg, sign=1.0):
-    """hip/shoulder/elbow/ankle(dorsi) flexion is -X; knee and spine flexion are +X."""
-    s = 1.0 if joint in (L_KNEE, R_KNEE) + SPINE + (NECK, HEAD) else -1.0
-    E[:, joint, X] += s * sign * rad(deg)
+# Joint-angle helpers. Hip, shoulder and elbow flexion is -X, knee and spine flexion +X; abduction
+# (outward) is +Z on the left and -Z on the right (LIMB's sign).
 
 
 def abduct(E, side, joint, deg):
     E[:, joint, Z] += LIMB[side]["sign"] * rad(deg)
+
+
+def arms(E, joint, axis, v, rows=slice(None)):
+    """Add v to both arms' joint ("sh" or "el") about axis; about Z (abduction) mirrored by side."""
+    for side in ("left", "right"):
+        E[rows, LIMB[side][joint], axis] += (LIMB[side]["sign"] if axis == Z else 1.0) * v
 
 
 def flat_foot(E, side, amount=1.0):
@@ -84,9 +85,15 @@ def bumps(n, count, width=0.5):
     return out
 
 
+def arc(n, height):
+    """A ballistic lift over n frames: 0 -> height -> 0, a parabola."""
+    u = np.linspace(0, 1, n)
+    return 4 * height * u * (1 - u)
+
+
 class Segment:
     """What a primitive returns: joint angles E (n, 22, 3), yaw rate (rad/frame), airborne lift (m),
-    a push (m/s, body frame) used only while airborne, and which joints it owns (for overlays)."""
+    and a push (m/s, body frame) used only while airborne."""
 
     def __init__(self, n, style):
         self.n = n
@@ -256,8 +263,7 @@ class Spin:
         w = env(seg.n, 0.3, 0.3)
         seg.yaw_rate = (1.0 if p["side"] == "left" else -1.0) * 2 * np.pi * w / w.sum()
         stepping(seg, 1.8, 25)
-        for side in ("left", "right"):
-            abduct(seg.E, side, LIMB[side]["sh"], 35 * w)
+        arms(seg.E, "sh", Z, rad(35 * w))
         return seg
 
     def phrases(self, p):
@@ -288,20 +294,18 @@ class Jump:
         return {"count": int(rng.choice([1, 2, 3])), "forward": bool(rng.random() < 0.4)}
 
     def make(self, p, style, rng):
-        per = int(round(rng.uniform(0.9, 1.15) * style["tempo"] * FPS))
+        per = _seconds(rng, 0.9, 1.15, style)
         seg = Segment(per * p["count"] + 4, style)
         height = rng.uniform(0.18, 0.32) * style["amp"]
         for k in range(p["count"]):
             a = 2 + k * per
             crouch_extend(seg, a, a + int(0.45 * per), 55 * style["amp"])       # take-off crouch
             fa, fb = a + int(0.42 * per), a + int(0.72 * per)                    # flight
-            u = np.linspace(0, 1, fb - fa)
-            seg.lift[fa:fb] = 4 * height * u * (1 - u)
+            seg.lift[fa:fb] = arc(fb - fa, height)
             crouch_extend(seg, fb - 1, min(a + per + 2, seg.n), 40 * style["amp"])  # landing
             arm = np.zeros(seg.n)
             arm[a:a + per] = np.sin(np.linspace(0, 2 * np.pi, per))
-            for side in ("left", "right"):
-                seg.E[:, LIMB[side]["sh"], X] += rad(50) * arm                   # arms back, then up
+            arms(seg.E, "sh", X, rad(50) * arm)                                  # arms back, then up
             if p["forward"]:
                 seg.push[fa:fb, 1] = rng.uniform(1.1, 1.7)
         return seg
@@ -323,14 +327,13 @@ class Hop:
         return {"side": rng.choice(["left", "right"]), "count": int(rng.choice([2, 3]))}
 
     def make(self, p, style, rng):
-        per = int(round(rng.uniform(0.5, 0.65) * style["tempo"] * FPS))
+        per = _seconds(rng, 0.5, 0.65, style)
         seg = Segment(per * p["count"] + 16, style)
         w = env(seg.n, 0.35, 0.35)
         free = LIMB[OTHER[p["side"]]]
         seg.E[:, free["knee"], X] += rad(75) * w
         seg.E[:, free["hip"], X] += -rad(25) * w
-        for side in ("left", "right"):
-            abduct(seg.E, side, LIMB[side]["sh"], 30 * w)
+        arms(seg.E, "sh", Z, rad(30 * w))
         for k in range(p["count"]):
             a = 8 + k * per
             stance = LIMB[p["side"]]
@@ -339,8 +342,7 @@ class Hop:
             seg.E[:, stance["knee"], X] += rad(25) * bend
             seg.E[:, stance["hip"], X] += -rad(20) * bend
             fa, fb = a + int(0.35 * per), a + int(0.7 * per)
-            u = np.linspace(0, 1, fb - fa)
-            seg.lift[fa:fb] = 4 * 0.09 * u * (1 - u)
+            seg.lift[fa:fb] = arc(fb - fa, 0.09)
         flat_foot(seg.E, p["side"])
         return seg
 
@@ -357,15 +359,14 @@ class Squat:
         return {"count": int(rng.choice([1, 2, 3]))}
 
     def make(self, p, style, rng):
-        per = int(round(rng.uniform(1.1, 1.6) * style["tempo"] * FPS))
+        per = _seconds(rng, 1.1, 1.6, style)
         seg = Segment(per * p["count"] + 4, style)
         depth = rng.uniform(85, 110) * style["amp"]
         for k in range(p["count"]):
             a = 2 + k * per
             crouch_extend(seg, a, a + per, depth)
         w = bumps(seg.n, p["count"], 0.9)
-        for side in ("left", "right"):
-            seg.E[:, LIMB[side]["sh"], X] += -rad(70) * w                         # arms forward for balance
+        arms(seg.E, "sh", X, -rad(70) * w)                                      # arms forward for balance
         return seg
 
     def phrases(self, p):
@@ -418,7 +419,7 @@ def arm_up(seg, side, w, how):
 
 
 class Wave:
-    name, weight, upper = "wave", 1.5, True
+    name, weight = "wave", 1.5
 
     def sample(self, rng):
         return {"side": rng.choice(["left", "right", "left", "right", "both"])}
@@ -446,7 +447,7 @@ class Wave:
 
 
 class Raise:
-    name, weight, upper = "raise", 1.3, True
+    name, weight = "raise", 1.3
 
     def sample(self, rng):
         return {"side": rng.choice(["left", "right", "both"]), "how": rng.choice(["up", "up", "forward", "side"])}
@@ -482,7 +483,7 @@ class Kick:
         return {"side": rng.choice(["left", "right"]), "count": int(rng.choice([1, 1, 2]))}
 
     def make(self, p, style, rng):
-        per = int(round(rng.uniform(1.0, 1.3) * style["tempo"] * FPS))
+        per = _seconds(rng, 1.0, 1.3, style)
         seg = Segment(per * p["count"] + 4, style)
         leg = LIMB[p["side"]]
         height = rng.uniform(55, 80) * style["amp"]
@@ -496,8 +497,7 @@ class Kick:
             seg.E[a:a + per, leg["knee"], X] += rad(knee)
             for j in SPINE:
                 seg.E[a:a + per, j, X] += -rad(4) * hip
-            for side in ("left", "right"):
-                seg.E[a:a + per, LIMB[side]["sh"], Z] += LIMB[side]["sign"] * rad(25) * hip
+            arms(seg.E, "sh", Z, rad(25) * hip, slice(a, a + per))
         flat_foot(seg.E, OTHER[p["side"]])
         return seg
 
@@ -515,12 +515,11 @@ class Punch:
         return {"side": rng.choice(["left", "right"]), "count": int(rng.choice([1, 2, 3]))}
 
     def make(self, p, style, rng):
-        per = int(round(rng.uniform(0.55, 0.8) * style["tempo"] * FPS))
+        per = _seconds(rng, 0.55, 0.8, style)
         seg = Segment(per * p["count"] + 16, style)
         guard = env(seg.n, 0.35, 0.35)
-        for side in ("left", "right"):
-            seg.E[:, LIMB[side]["sh"], X] += -rad(35) * guard
-            seg.E[:, LIMB[side]["el"], X] += -rad(100) * guard
+        arms(seg.E, "sh", X, -rad(35) * guard)
+        arms(seg.E, "el", X, -rad(100) * guard)
         arm = LIMB[p["side"]]
         for k in range(p["count"]):
             a = 8 + k * per
@@ -545,17 +544,16 @@ class Clap:
         return {"count": int(rng.choice([1, 2, 3]))}
 
     def make(self, p, style, rng):
-        per = int(round(rng.uniform(0.45, 0.6) * style["tempo"] * FPS))
+        per = _seconds(rng, 0.45, 0.6, style)
         seg = Segment(per * p["count"] + 20, style)
         w = env(seg.n, 0.45, 0.45)
         close = np.zeros(seg.n)
         for k in range(p["count"]):
             a = 10 + k * per
             close[a:a + per] = np.sin(np.linspace(0, np.pi, per)) ** 2
-        for side in ("left", "right"):
-            seg.E[:, LIMB[side]["sh"], X] += -rad(70) * w
-            seg.E[:, LIMB[side]["el"], X] += -rad(40) * w
-            seg.E[:, LIMB[side]["sh"], Z] += LIMB[side]["sign"] * rad(30 - 38 * close) * w
+        arms(seg.E, "sh", X, -rad(70) * w)
+        arms(seg.E, "el", X, -rad(40) * w)
+        arms(seg.E, "sh", Z, rad(30 - 38 * close) * w)
         return seg
 
     def phrases(self, p):
@@ -576,8 +574,7 @@ class Bow:
         depth = rng.uniform(50, 75) * style["amp"]
         for j in SPINE:
             seg.E[:, j, X] += rad(depth / 3) * w
-        for side in ("left", "right"):
-            seg.E[:, LIMB[side]["sh"], X] += -rad(0.8 * depth) * w                # arms keep hanging
+        arms(seg.E, "sh", X, -rad(0.8 * depth) * w)                             # arms keep hanging
         return seg
 
     def phrases(self, p):
@@ -596,8 +593,7 @@ class Balance:
         free = LIMB[OTHER[p["side"]]]
         seg.E[:, free["hip"], X] += -rad(rng.uniform(70, 90)) * w
         seg.E[:, free["knee"], X] += rad(90) * w
-        for side in ("left", "right"):
-            abduct(seg.E, side, LIMB[side]["sh"], 75 * w)
+        arms(seg.E, "sh", Z, rad(75 * w))
         flat_foot(seg.E, p["side"])
         return seg
 
@@ -654,24 +650,21 @@ VERBS = {v: _forms(v) for v in  # lemma: (3rd person singular, -ing)
          "balance wait stay be".split()}
 LEXICON = {}  # surface word -> (lemma, POS)
 for _tag, _ws in {
-    "DET": "a the", "PRON": "someone somebody he she they his her their that", "NUM": "two three",
+    "DET": "a the all both", "PRON": "someone somebody he she they his her their that", "NUM": "two three",
     "NOUN": "person man woman human figure steps hand hands arm arms leg legs foot feet knee knees head fist "
             "circle turn seat chair something squat squats jump jumps kick kicks punch punches waist bow air "
-            "sides side way degrees pace",
+            "sides side way degrees pace place front times", "VERB": "face",
     "ADV": "forward backward backwards ahead straight around sideways back up down out still there once twice "
-           "then slowly quickly fast briskly again high wide finally next first clockwise counterclockwise",
+           "then slowly quickly fast briskly again high wide finally next first clockwise counterclockwise together",
     "ADJ": "left right few full half other slow ninety", "ADP": "to on in at of above into with after before",
     "CCONJ": "and", "SCONJ": "while", "AUX": "is", "INTJ": "hello"}.items():
     for _w in _ws.split():
         LEXICON[_w] = (_w, _tag)
 for _w, _l in {"steps": "step", "hands": "hand", "arms": "arm", "legs": "leg", "feet": "foot", "knees": "knee",
                "squats": "squat", "jumps": "jump", "kicks": "kick", "punches": "punch", "sides": "side",
-               "degrees": "degree", "is": "be"}.items():
+               "degrees": "degree", "times": "time", "is": "be"}.items():
     LEXICON[_w] = (_l, LEXICON[_w][1])
-LEXICON.update({"times": ("time", "NOUN"), "face": ("face", "VERB"), "all": ("all", "DET"), "both": ("both", "DET"),
-                "place": ("place", "NOUN"),
-                "together": ("together", "ADV"), "front": ("front", "NOUN")})
-LEXICON.update({ing: (lemma, "VERB") for lemma, (_, ing) in VERBS.items()})   # overlays: "while waving" 
+LEXICON.update({ing: (lemma, "VERB") for lemma, (_, ing) in VERBS.items()})   # overlays: "while waving"
 
 SUBJECTS = [("a person", "they", "their"), ("someone", "they", "their"), ("the person", "they", "their"),
             ("a man", "he", "his"), ("the man", "he", "his"), ("a woman", "she", "her"),
@@ -815,9 +808,9 @@ def make_clip(rng, max_frames=120, min_frames=40):
     """-> {"joints": (T+1, 22, 3) metres, "lines": caption lines (whole clip, sub-spans),
     "primitives": names, "airborne": (T+1,) bool}."""
     style = sample_style(rng)
+    names, weights = [p.name for p in PRIMITIVES], np.array([p.weight for p in PRIMITIVES])
     for _ in range(100):
         k = int(rng.choice([1, 2, 3], p=[0.35, 0.45, 0.2]))
-        names, weights = [p.name for p in PRIMITIVES], np.array([p.weight for p in PRIMITIVES])
         chosen = []
         while len(chosen) < k:
             name = names[rng.choice(len(names), p=weights / weights.sum())]
