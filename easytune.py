@@ -156,9 +156,10 @@ class RewardFn:
 
 
 def caption_tokens(root: str) -> dict:
-    """caption -> its 'word/POS' tokens, over the train and val splits (what an evaluator reads)."""
-    return {c: tok for split in ("train", "val") for _, _, caps in data.MotionTextDataset(root, split).items
-            for c, tok in caps}
+    """caption -> its 'word/POS' tokens, over the train and val splits (what an evaluator reads; the
+    caption files only, as metrics.word_vocab reads them)."""
+    return {c: tok for split in ("train", "val") for name in data.read_split(root, split)
+            for c, tok, _, _ in data.load_captions(root, name)}
 
 
 def step_reward(gen, reward_fn, x_prev, x0_hat, t_prev, cond, captions, mode):
