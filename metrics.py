@@ -407,7 +407,7 @@ def compare(gen_a, gen_b, evaluator, root, replications=3, seed=0, device="cpu",
             hit.append(rank == 0)
         cols[kept, 4] += 1
         counts["kept"] += int(kept.sum())
-        counts["fixed"] += int((~hit[0] & hit[1] & kept).sum())
+        counts["fixed"] += int((~hit[0] & hit[1]).sum())                 # a dropped item (rank -1) hits neither
         counts["broken"] += int((hit[0] & ~hit[1]).sum())
         if second is not None:
             gap = (item_ranks(text, real, np.random.default_rng(seed + r))[0] == 0) & ~hit[0]

@@ -53,6 +53,18 @@ def abduct(E, side, joint, deg):
     E[:, joint, Z] += LIMB[side]["sign"] * rad(deg)
 
 
+def bend(E, side, knee, hip, rows=slice(None)):
+    """Flex one leg (radians): the knee by `knee`, the thigh forward by `hip` (hip X is negative forward)."""
+    E[rows, LIMB[side]["knee"], X] += knee
+    E[rows, LIMB[side]["hip"], X] -= hip
+
+
+def lean(E, v, axis=X, rows=slice(None)):
+    """Add v to each spine joint about axis (X: bend forward, Y: turn)."""
+    for j in SPINE:
+        E[rows, j, axis] += v
+
+
 def arms(E, joint, axis, v, rows=slice(None)):
     """Add v to both arms' joint ("sh" or "el") about axis; about Z (abduction) mirrored by side."""
     for side in ("left", "right"):
@@ -116,19 +128,17 @@ def _seconds(rng, lo, hi, style):
     return int(round(rng.uniform(lo, hi) * style["tempo"] * FPS))
 
 
-def gait(seg, f, hip_amp, knee_amp, arm_amp, elbow, lean, t0=0.0):
+def gait(seg, f, hip_amp, knee_amp, arm_amp, elbow, lean_deg, t0=0.0):
     """Walking / running legs and arms; phase of the left leg = 2 pi f t."""
     t = np.arange(seg.n) / FPS + t0
     phi = 2 * np.pi * f * t
     for side, shift in (("left", 0.0), ("right", np.pi)):
         leg, ph = LIMB[side], phi + shift
-        seg.E[:, leg["hip"], X] += -rad(hip_amp) * np.sin(ph)                     # + = leg forward
-        seg.E[:, leg["knee"], X] += rad(5 + knee_amp * np.clip(np.cos(ph), 0, 1) ** 1.5)
+        bend(seg.E, side, rad(5 + knee_amp * np.clip(np.cos(ph), 0, 1) ** 1.5), rad(hip_amp) * np.sin(ph))
         flat_foot(seg.E, side, 0.6)
         seg.E[:, leg["sh"], X] += rad(arm_amp) * np.sin(ph)                       # arm swings opposite
         seg.E[:, leg["el"], X] += -rad(elbow)
-    for j in SPINE:
-        seg.E[:, j, X] += rad(lean / 3)
+    lean(seg.E, rad(lean_deg / 3))
 
 
 class Walk:
@@ -224,8 +234,7 @@ def stepping(seg, f=1.3, knee=30):
     w = env(seg.n, 0.2, 0.2)
     for side, shift in (("left", 0.0), ("right", np.pi)):
         k = rad(knee) * np.clip(np.sin(2 * np.pi * f * t + shift), 0, 1) * w
-        seg.E[:, LIMB[side]["knee"], X] += k
-        seg.E[:, LIMB[side]["hip"], X] += -0.6 * k
+        bend(seg.E, side, k, 0.6 * k)
         flat_foot(seg.E, side)
 
 
@@ -280,11 +289,9 @@ def crouch_extend(seg, a, b, depth):
     w = np.zeros(seg.n)
     w[a:b] = np.sin(np.linspace(0, np.pi, n)) ** 2
     for side in ("left", "right"):
-        seg.E[:, LIMB[side]["knee"], X] += rad(depth) * w
-        seg.E[:, LIMB[side]["hip"], X] += -rad(0.8 * depth) * w
+        bend(seg.E, side, rad(depth) * w, rad(0.8 * depth) * w)
         flat_foot(seg.E, side)
-    for j in SPINE:
-        seg.E[:, j, X] += rad(depth / 9) * w
+    lean(seg.E, rad(depth / 9) * w)
 
 
 class Jump:
@@ -330,17 +337,13 @@ class Hop:
         per = _seconds(rng, 0.5, 0.65, style)
         seg = Segment(per * p["count"] + 16, style)
         w = env(seg.n, 0.35, 0.35)
-        free = LIMB[OTHER[p["side"]]]
-        seg.E[:, free["knee"], X] += rad(75) * w
-        seg.E[:, free["hip"], X] += -rad(25) * w
+        bend(seg.E, OTHER[p["side"]], rad(75) * w, rad(25) * w)
         arms(seg.E, "sh", Z, rad(30 * w))
         for k in range(p["count"]):
             a = 8 + k * per
-            stance = LIMB[p["side"]]
-            bend = np.zeros(seg.n)
-            bend[a:a + per] = np.sin(np.linspace(0, 2 * np.pi, per)) ** 2
-            seg.E[:, stance["knee"], X] += rad(25) * bend
-            seg.E[:, stance["hip"], X] += -rad(20) * bend
+            flex = np.zeros(seg.n)
+            flex[a:a + per] = np.sin(np.linspace(0, 2 * np.pi, per)) ** 2
+            bend(seg.E, p["side"], rad(25) * flex, rad(20) * flex)
             fa, fb = a + int(0.35 * per), a + int(0.7 * per)
             seg.lift[fa:fb] = arc(fb - fa, 0.09)
         flat_foot(seg.E, p["side"])
@@ -389,15 +392,13 @@ class Sit:
         seg = Segment(down + hold + up, style)
         s = lambda u: u * u * (3 - 2 * u)  # noqa: E731
         depth = np.concatenate([s(np.linspace(0, 1, down)), np.ones(hold), s(np.linspace(1, 0, up))])
-        lean = np.concatenate([np.sin(np.linspace(0, np.pi, down)), np.zeros(hold), np.sin(np.linspace(0, np.pi, up))])
+        forward = np.concatenate([np.sin(np.linspace(0, np.pi, down)), np.zeros(hold), np.sin(np.linspace(0, np.pi, up))])
         for side in ("left", "right"):
-            seg.E[:, LIMB[side]["knee"], X] += rad(88) * depth
-            seg.E[:, LIMB[side]["hip"], X] += -rad(88) * depth
+            bend(seg.E, side, rad(88) * depth, rad(88) * depth)
             flat_foot(seg.E, side)
             seg.E[:, LIMB[side]["sh"], X] += -rad(30) * depth
             seg.E[:, LIMB[side]["el"], X] += -rad(50) * depth
-        for j in SPINE:
-            seg.E[:, j, X] += rad(10) * lean + rad(2) * depth
+        lean(seg.E, rad(10) * forward + rad(2) * depth)
         return seg
 
     def phrases(self, p):
@@ -485,7 +486,6 @@ class Kick:
     def make(self, p, style, rng):
         per = _seconds(rng, 1.0, 1.3, style)
         seg = Segment(per * p["count"] + 4, style)
-        leg = LIMB[p["side"]]
         height = rng.uniform(55, 80) * style["amp"]
         for k in range(p["count"]):
             a = 2 + k * per
@@ -493,10 +493,8 @@ class Kick:
             hip = np.sin(np.pi * u) ** 2                                          # leg up, highest at u = 0.5
             knee = np.where(u < 0.5, 70 * np.sin(2 * np.pi * u) ** 2,            # chamber, snap straight at
                             30 * np.sin(2 * np.pi * (u - 0.5)) ** 2)              # the top, recoil
-            seg.E[a:a + per, leg["hip"], X] += -rad(height) * hip
-            seg.E[a:a + per, leg["knee"], X] += rad(knee)
-            for j in SPINE:
-                seg.E[a:a + per, j, X] += -rad(4) * hip
+            bend(seg.E, p["side"], rad(knee), rad(height) * hip, slice(a, a + per))
+            lean(seg.E, -rad(4) * hip, X, slice(a, a + per))
             arms(seg.E, "sh", Z, rad(25) * hip, slice(a, a + per))
         flat_foot(seg.E, OTHER[p["side"]])
         return seg
@@ -526,8 +524,7 @@ class Punch:
             hit = np.sin(np.linspace(0, np.pi, per)) ** 2
             seg.E[a:a + per, arm["sh"], X] += -rad(50) * hit
             seg.E[a:a + per, arm["el"], X] += rad(95) * hit                        # elbow snaps straight
-            for j in SPINE:
-                seg.E[a:a + per, j, Y] += -arm["sign"] * rad(6) * hit             # torso turns into it
+            lean(seg.E, -arm["sign"] * rad(6) * hit, Y, slice(a, a + per))      # torso turns into it
         return seg
 
     def phrases(self, p):
@@ -572,8 +569,7 @@ class Bow:
         seg = Segment(_seconds(rng, 1.8, 2.6, style), style)
         w = env(seg.n, 0.7, 0.7)
         depth = rng.uniform(50, 75) * style["amp"]
-        for j in SPINE:
-            seg.E[:, j, X] += rad(depth / 3) * w
+        lean(seg.E, rad(depth / 3) * w)
         arms(seg.E, "sh", X, -rad(0.8 * depth) * w)                             # arms keep hanging
         return seg
 
@@ -590,9 +586,7 @@ class Balance:
     def make(self, p, style, rng):
         seg = Segment(_seconds(rng, 2.0, 3.0, style), style)
         w = env(seg.n, 0.6, 0.6)
-        free = LIMB[OTHER[p["side"]]]
-        seg.E[:, free["hip"], X] += -rad(rng.uniform(70, 90)) * w
-        seg.E[:, free["knee"], X] += rad(90) * w
+        bend(seg.E, OTHER[p["side"]], rad(90) * w, rad(rng.uniform(70, 90)) * w)
         arms(seg.E, "sh", Z, rad(75 * w))
         flat_foot(seg.E, p["side"])
         return seg
@@ -612,8 +606,7 @@ class Stand:
     def make(self, p, style, rng, n=None):
         seg = Segment(n or _seconds(rng, 1.0, 2.0, style), style)
         t = np.arange(seg.n) / FPS
-        for j in SPINE:
-            seg.E[:, j, X] += rad(1.5) * np.sin(2 * np.pi * 0.4 * t)
+        lean(seg.E, rad(1.5) * np.sin(2 * np.pi * 0.4 * t))
         return seg
 
     def phrases(self, p):
