@@ -5,8 +5,9 @@ wall-clock budget, memory against T (Figure 6), time to reward (Table S9, Figure
 vanishing (Figure 3).
 
 All methods share models.py's sampler (DDIM, CFG kept, the backbone's eta), spl.py's reward in the
-form easytune.py uses, AdamW with easytune.py's lr and clip, and the denoiser as theta. They differ
-only in where gradient flows (../shared/reference/baselines.md, sections 0-7):
+form easytune.py uses, AdamW with easytune.py's clip and its lr without the KL term (MLD 3e-6, MDM
+1e-6), and the denoiser as theta. They differ only in where gradient flows
+(../shared/reference/baselines.md, sections 0-7):
 
     method      steps with grad (i = 0 is pure noise)    denoiser input   reward on             updates
     DRaFT-K     the last K: [T-K, T)                      x_t              decode(x_0)           1 / trajectory
@@ -219,6 +220,20 @@ def time_to_reward(curves, reference="draft-50"):
     return out
 
 
+def easytune_config(ccfg: CompareConfig) -> "easytune.EasyTuneConfig":
+    """The easytune.py settings every method of the comparison shares: what the reward reads, the optimiser."""
+    # NOTE: on MLD every method scores a clean prediction here (DRaFT/AlignProp/DRTune the final x_0, ReFL
+    # and EasyTune the one-step x0_hat, the released code's choice), not easytune.py's noise-aware default.
+    # No method has the KL term (the baselines have none), so MLD runs at EasyTune's rate without it, 3e-6
+    # (easytune.py's MLD default, 1e-5, pairs with KL 100); MDM at its default, 1e-6.
+    fixed = {"kl_weight": 0.0, "reward_input": "x0" if ccfg.backbone == "mld" else "noisy"}
+    if ccfg.backbone == "mld" and ccfg.preset != "tiny":
+        fixed["lr"] = 3e-6
+    return easytune.resolve(easytune.EasyTuneConfig(backbone=ccfg.backbone, preset=ccfg.preset, runs=ccfg.runs,
+                                                    data=ccfg.data, device=ccfg.device, seed=ccfg.seed, **fixed),
+                            given=set(fixed))
+
+
 def compare(ccfg: CompareConfig):
     methods = [m.strip() for m in ccfg.methods.split(",") if m.strip()]
     for m in methods:
@@ -226,11 +241,7 @@ def compare(ccfg: CompareConfig):
             raise data.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
     device = data.pick_device(ccfg.device)
     data.print_config(ccfg, "compare")
-    # NOTE: on MLD every method scores a clean prediction here (DRaFT/AlignProp/DRTune the final x_0, ReFL
-    # and EasyTune the one-step x0_hat, the released code's choice), not easytune.py's noise-aware default
-    et_cfg = easytune.resolve(easytune.EasyTuneConfig(backbone=ccfg.backbone, preset=ccfg.preset, runs=ccfg.runs,
-                                                      data=ccfg.data, device=ccfg.device, seed=ccfg.seed,
-                                                      reward_input="x0" if ccfg.backbone == "mld" else "noisy"))
+    et_cfg = easytune_config(ccfg)
     run_dir, root, _ = easytune.prerequisites(et_cfg, device)
     out = os.path.join(run_dir, "compare", ccfg.backbone)
     os.makedirs(out, exist_ok=True)

@@ -632,6 +632,15 @@ def add_config_args(parser: argparse.ArgumentParser, cfg_cls, skip=()):
                                 default=default, help=f"(default {default})")
 
 
+def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
+    """The destinations the command line set explicitly (even to their default value). argparse fills a
+    default only where the namespace lacks the attribute, so a namespace pre-filled with a marker keeps the
+    marker wherever nothing was given."""
+    unset = object()
+    ns = argparse.Namespace(**{k: unset for k in vars(parser.parse_args(argv))})
+    return {k for k, v in vars(parser.parse_args(argv, namespace=ns)).items() if v is not unset}
+
+
 def config_from_args(cfg_cls, args, **override):
     names = {f.name for f in dataclasses.fields(cfg_cls)}
     values = {k: v for k, v in vars(args).items() if k in names}

@@ -117,6 +117,15 @@ def test_memory_is_flat_for_easytune_and_refl_and_grows_for_draft():
     assert res["easytune-step"]["16"]["saved_mib"] < 0.5 * res["draft-50"]["16"]["saved_mib"]
 
 
+def test_every_method_shares_one_optimiser_without_the_kl_term():
+    """The baselines have no KL term, so the comparison runs EasyTune without it too, at MLD's rate
+    without it (3e-6), not easytune.py's MLD default (KL 100 at 1e-5); MDM keeps its own 1e-6."""
+    mld, mdm = (baselines.easytune_config(baselines.CompareConfig(backbone=b)) for b in ("mld", "mdm"))
+    assert (mld.lr, mld.kl_weight, mld.reward_input) == (3e-6, 0.0, "x0")
+    assert (mdm.lr, mdm.kl_weight, mdm.reward_input) == (1e-6, 0.0, "noisy")
+    assert baselines.easytune_config(baselines.CompareConfig(preset="tiny")).lr == 1e-4
+
+
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(baselines.data.InputError, match="unknown method 'dpok'"):
         baselines.plan("dpok", T, np.random.default_rng(0))

@@ -1,5 +1,6 @@
 """easytune.py: Corollary 2 against an independent computation, O(1) memory, step vs chain
 optimisation, the step schedules of App. A.5, and selection that never reads the test split."""
+import argparse
 import copy
 import dataclasses
 
@@ -141,13 +142,26 @@ def test_step_schedules_and_weights():
 
 
 def test_backbone_defaults_fill_only_what_was_not_given():
-    """MDM's lr and budget (chosen on val) apply unless a flag or the tiny preset says otherwise."""
+    """The per-backbone defaults (chosen on held-out data) apply unless a flag or the tiny preset says
+    otherwise -- and a flag wins even when it repeats the dataclass default: `--backbone mdm --lr 1e-5`
+    must not turn into MDM's 1e-6, nor `--kl-weight 0` on MLD into its 100."""
     r = lambda **kw: easytune.resolve(easytune.EasyTuneConfig(**kw))    # noqa: E731
-    assert (r(backbone="mld").lr, r(backbone="mld").trajectories) == (3e-6, 15)
-    assert (r(backbone="mdm").lr, r(backbone="mdm").trajectories) == (1e-6, 30)
+    assert (r(backbone="mld").lr, r(backbone="mld").trajectories, r(backbone="mld").kl_weight) == (1e-5, 15, 100.0)
+    assert (r(backbone="mdm").lr, r(backbone="mdm").trajectories, r(backbone="mdm").kl_weight) == (1e-6, 30, 0.0)
     assert r(backbone="mdm", lr=2e-6).lr == 2e-6 and r(backbone="mdm", preset="tiny").trajectories == 4
     assert r(backbone="mdm").reward_input == r(backbone="mld").reward_input == "noisy"
     assert r(backbone="mld", reward_input="x0").reward_input == "x0"
+
+    def cli(*argv):
+        p = argparse.ArgumentParser()
+        data.add_config_args(p, easytune.EasyTuneConfig)
+        cfg = data.config_from_args(easytune.EasyTuneConfig, p.parse_args(argv))
+        return easytune.resolve(cfg, given=data.given_flags(p, argv))
+    assert (cli("--backbone", "mdm").lr, cli("--backbone", "mdm").trajectories) == (1e-6, 30)
+    c = cli("--backbone", "mdm", "--lr", "1e-5", "--trajectories", "15")       # both equal the dataclass default
+    assert (c.lr, c.trajectories) == (1e-5, 15)
+    assert cli("--backbone", "mld", "--kl-weight", "0").kl_weight == 0.0
+    assert cli("--backbone=mld", "--preset", "tiny", "--batch-size", "32").batch_size == 32
 
 
 def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(build_tiny, tiny_data, tmp_path,
