@@ -572,10 +572,15 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
     return cfg
 
 
-def main():
+def parse(argv=None) -> EasyTuneConfig:
+    """The command line -> the resolved config; a flag given wins even where it repeats the dataclass default."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     data.add_config_args(p, EasyTuneConfig)
-    run(resolve(data.config_from_args(EasyTuneConfig, p.parse_args()), given=data.given_flags(p)))
+    return resolve(data.config_from_args(EasyTuneConfig, p.parse_args(argv)), given=data.given_flags(p, argv))
+
+
+def main():
+    run(parse())
 
 
 if __name__ == "__main__":

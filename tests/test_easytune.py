@@ -1,6 +1,5 @@
 """easytune.py: Corollary 2 against an independent computation, O(1) memory, step vs chain
 optimisation, the step schedules of App. A.5, and selection that never reads the test split."""
-import argparse
 import copy
 import dataclasses
 
@@ -152,11 +151,7 @@ def test_backbone_defaults_fill_only_what_was_not_given():
     assert r(backbone="mdm").reward_input == r(backbone="mld").reward_input == "noisy"
     assert r(backbone="mld", reward_input="x0").reward_input == "x0"
 
-    def cli(*argv):
-        p = argparse.ArgumentParser()
-        data.add_config_args(p, easytune.EasyTuneConfig)
-        cfg = data.config_from_args(easytune.EasyTuneConfig, p.parse_args(argv))
-        return easytune.resolve(cfg, given=data.given_flags(p, argv))
+    cli = lambda *argv: easytune.parse(list(argv))                      # noqa: E731
     assert (cli("--backbone", "mdm").lr, cli("--backbone", "mdm").trajectories) == (1e-6, 30)
     c = cli("--backbone", "mdm", "--lr", "1e-5", "--trajectories", "15")       # both equal the dataclass default
     assert (c.lr, c.trajectories) == (1e-5, 15)
