@@ -37,6 +37,7 @@ evaluator (never the test one; README, "A second evaluator as the reward").
 Run:  python easytune.py --backbone mld            # everything, from a fresh clone, on a CPU
       python easytune.py --backbone mdm
       python easytune.py --backbone mld --preset tiny   # a smoke test, about a minute
+      python easytune.py --backbone mld --resume        # continue a stopped run from its last.pt
       python easytune.py --backbone mld --reward-model runs/synth/reward_pretrained.pt   # EasyTune without SPL
 """
 from __future__ import annotations
@@ -293,10 +294,12 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
     meter = metrics.SavedTensorMeter(gen, reward)
     ckpt_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
     start, updates, elapsed, history, best, bad_checks = 0, 0, 0.0, [], None, 0
+    ck = data.load_checkpoint(ckpt_path, "easytune") if cfg.resume and os.path.isfile(ckpt_path) else None
+    if ck is not None:
+        check_resumable(ck, cfg, ckpt_path)                                              # before any work
     base = val_score(gen, reward_fn, root, cfg.sample_steps)
     history.append({"trajectory": 0, **{k: v for k, v in base.items() if k != "touched"}})
-    if cfg.resume and os.path.isfile(ckpt_path):
-        ck = data.load_checkpoint(ckpt_path, "easytune")
+    if ck is not None:
         gen.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if theta_prime is not None:
@@ -304,8 +307,13 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
                 q.data.copy_(v)
         start, updates, elapsed, history, best, bad_checks = (ck[k] for k in ("trajectory", "updates", "elapsed",
                                                                                "history", "best", "bad_checks"))
-        rng.bit_generator.state = ck["rng"]
+        rng.bit_generator.state, train_set.rng.bit_generator.state = ck["rng"], ck["data_rng"]  # batches, crops
         g.set_state(ck["torch_rng"])
+        kept = [l for l in open(log_path)] if os.path.isfile(log_path) else []   # the updates after the checkpoint
+        kept = [l for l in kept if json.loads(l)["trajectory"] <= start]        # run again: logged once
+        with open(log_path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(log_path + ".tmp", log_path)
         print(f"resumed {ckpt_path} at trajectory {start}")
     else:
         open(log_path, "w").close()
@@ -341,13 +349,29 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
                               "theta_prime": [q.detach() for q in theta_prime] if theta_prime else None,
                               "trajectory": traj + 1, "updates": updates, "elapsed": time.time() - t0,
                               "history": history, "best": best, "bad_checks": bad_checks, "rng": rng.bit_generator.state,
-                              "torch_rng": g.get_state(), "config": dataclasses.asdict(cfg)}, ckpt_path)
+                              "data_rng": train_set.rng.bit_generator.state, "torch_rng": g.get_state(),
+                              "config": dataclasses.asdict(cfg)}, ckpt_path)
             if bad_checks >= cfg.patience:
                 tqdm.write(f"early stop: no val improvement in {cfg.patience} checks")
                 break
     summary = {"updates": updates, "trajectories": traj + 1, "time_s": time.time() - t0, "peak_saved_mib": meter.peak_mib,
                "history": history, "best": best, "val_items_touched": len(touched)}
     return summary
+
+
+RESUMABLE = ("resume", "trajectories", "patience", "replications", "device", "runs")   # may change on --resume
+
+
+def check_resumable(ck: dict, cfg: EasyTuneConfig, path):
+    """--resume continues the saved run only with its settings (the budget, patience, device may change)."""
+    if "data_rng" not in ck:
+        raise data.CheckpointError(f"{path}: written by an older easytune.py (no data order saved); drop --resume")
+    saved = ck["config"]
+    diff = [f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in RESUMABLE and saved.get(k) != v]
+    if diff:
+        raise data.CheckpointError(f"{path}: --resume with settings other than the saved run's ({'; '.join(diff)});"
+                                   " give the saved values, or drop --resume to start over")
 
 
 def trainable(gen, cfg):

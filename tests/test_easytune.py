@@ -2,6 +2,7 @@
 optimisation, the step schedules of App. A.5, and selection that never reads the test split."""
 import copy
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -182,6 +183,45 @@ def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(b
     assert all(torch.equal(best[k], before[k]) for k in before)    # best.pt is the pre-trained model
     log = [l for l in open(tmp_path / "log.jsonl")]
     assert len(log) == summary["updates"] == 2 * 3
+
+
+@pytest.mark.parametrize("method", ["step", "chain"])
+def test_resume_after_a_crash_continues_the_run_exactly(build_tiny, tiny_data, tmp_path, monkeypatch, method):
+    """Killed in trajectory 4 (checkpoint at 2), then --resume: the same weights, optimizer moments and
+    log as the run that was never interrupted (the updates after the checkpoint run again, logged once);
+    a --resume that changes a setting of the saved run is refused, naming the setting."""
+    cfg = easytune.resolve(easytune.EasyTuneConfig(backbone="mdm", preset="tiny", method=method, kl_weight=1.0,
+                                                   trajectories=4, val_every=2, batch_size=4, sample_steps=3))
+
+    def run(out, **over):
+        gen, reward = build_tiny("mdm")
+        easytune.finetune(gen, reward, dataclasses.replace(cfg, **over), tiny_data, str(out), str(out / "log.jsonl"))
+        ck = data.load_checkpoint(str(out / "last.pt"), "easytune")
+        log = [{k: v for k, v in json.loads(l).items() if k != "peak_saved_mib"} for l in open(out / "log.jsonl")]
+        return ck, log
+
+    (a := tmp_path / "once").mkdir(), (b := tmp_path / "killed").mkdir()
+    want, want_log = run(a)
+    real, calls = easytune.easytune_trajectory, []
+
+    def dies_in_the_fourth(*args, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(easytune, "easytune_trajectory", dies_in_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run(b)
+    assert len(open(b / "log.jsonl").readlines()) == 3 * 3          # three trajectories of 3 updates, then killed
+    monkeypatch.setattr(easytune, "easytune_trajectory", real)
+    with pytest.raises(data.CheckpointError, match=r"last.pt: --resume with settings .*lr: saved 0.0001, asked 0.001"):
+        run(b, resume=True, lr=1e-3)
+    got, got_log = run(b, resume=True)
+    assert got["trajectory"] == want["trajectory"] == 4 and got["updates"] == want["updates"] == 12
+    assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+    moments = lambda ck: [v for st in ck["optimizer"]["state"].values() for v in st.values()]
+    assert all(torch.equal(x, y) for x, y in zip(moments(got), moments(want)))
+    assert got_log == want_log
 
 
 def _evaluator(root, seed):
