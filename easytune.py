@@ -309,7 +309,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
                                                                                "history", "best", "bad_checks"))
         rng.bit_generator.state, train_set.rng.bit_generator.state = ck["rng"], ck["data_rng"]  # batches, crops
         g.set_state(ck["torch_rng"])
-        kept = [l for l in open(log_path)] if os.path.isfile(log_path) else []   # the updates after the checkpoint
+        kept = list(open(log_path)) if os.path.isfile(log_path) else []         # the updates after the checkpoint
         kept = [l for l in kept if json.loads(l)["trajectory"] <= start]        # run again: logged once
         with open(log_path + ".tmp", "w") as f:
             f.writelines(kept)
