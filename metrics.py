@@ -18,12 +18,12 @@ T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that proto
               10 pairs); each replication re-draws captions and crops; mean +/- 1.96 std / sqrt(n).
   compare()   two generators item by item on the same draws, with a 95% interval from resampling the
               split's source motions (not in the paper: its +/- covers replications, not which clips);
-              with --reward, also how much of what the evaluator holds against a the reward can see.
+              with --reward, also how much of what the evaluator holds against a generator the reward can see.
   Meters      SavedTensorMeter: peak bytes of tensors autograd keeps for backward (parameters excluded,
-              shared storage counted once, frees tracked), identical on every device; cuda_peak();
-              TimeMeter for per-update and per-trajectory wall time.
+              shared storage counted once, frees tracked), identical on every device; cuda_peak_mib()
+              for the allocator's view on a GPU.
   Figure 3    jacobian_norms(): along a T-step trajectory, ||d pi_theta / d x_t|| per step and the
-              running product of Eq. 5, both divided by sqrt(dim) (so the identity scores 1).
+              running product of Eq. 5, both divided by sqrt(real entries) (so the identity scores 1).
 
 NOTE (deviations): word embeddings are learned here (T2M uses GloVe, a download); sizes are smaller
 and training is ~600 steps (a minute on 2 cores); the evaluator normalises with the dataset's Mean/Std (T2M's own statistics differ by a x25 bug).
@@ -44,7 +44,6 @@ import os
 import time
 import weakref
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -447,7 +446,7 @@ class SavedTensorMeter:
     (views and a tensor saved twice count once), parameters of the given modules are excluded (they
     are model memory, not graph memory), and a storage stops counting when the last graph holding it
     is freed. It does not depend on the device, the allocator or timing, so it is the quantity the
-    O(1)-versus-O(T) comparisons use; cuda_peak() gives the allocator's view on a GPU."""
+    O(1)-versus-O(T) comparisons use; cuda_peak_mib() gives the allocator's view on a GPU."""
 
     def __init__(self, *modules):
         self.exclude = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
@@ -500,30 +499,6 @@ def cuda_peak_mib(fn):
     return out, torch.cuda.max_memory_allocated() / 2 ** 20
 
 
-class TimeMeter:
-    """Wall time per label: `with meter("update"): ...`; .mean(label), .total(label)."""
-
-    def __init__(self):
-        self.totals, self.counts = defaultdict(float), defaultdict(int)
-
-    @contextmanager
-    def __call__(self, label):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        yield
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.totals[label] += time.perf_counter() - t
-        self.counts[label] += 1
-
-    def mean(self, label):
-        return self.totals[label] / max(self.counts[label], 1)
-
-    def total(self, label):
-        return self.totals[label]
-
-
 # -----------------------------------------------------------------------------
 # Figure 3: Jacobians along the chain (Eq. 5's coefficients).
 
@@ -532,6 +507,7 @@ def jacobian_norms(model, texts, lengths, steps=50, probes=8, seed=0):
     """Along one sampled trajectory, for each step t (sampling order, first = pure noise):
       step[t]    ||d pi(x_t) / d x_t||_F / sqrt(dim)          (the factor of one step)
       product[t] ||d x_0 / d x_t||_F / sqrt(dim)              (Eq. 5's product from step t to the end)
+    with dim an item's real (unpadded) entries, averaged over items.
     Frobenius norms are estimated with `probes` Gaussian vectors (Hutchinson: E||v^T J||^2 = ||J||_F^2),
     the products by propagating each probe backwards through the chain with vector-Jacobian products."""
     g = torch.Generator(device=model.device).manual_seed(seed)
@@ -548,18 +524,17 @@ def jacobian_norms(model, texts, lengths, steps=50, probes=8, seed=0):
         out, _ = model.denoise_step(x_in, model.scheduler.timesteps[i], cond, eta=0.0)
         return torch.autograd.grad(out, x_in, v)[0]
 
-    dim = xs[0][0].numel()
+    n_real = model.mask_latent(torch.ones_like(xs[0]), cond).flatten(1).sum(1)     # (B,) real entries per item
     step_sq, prod_sq = np.zeros(steps), np.zeros(steps)
     for _ in range(probes):
         v_chain = model.mask_latent(torch.randn(xs[0].shape, generator=g, device=model.device), cond)
         for i in reversed(range(steps)):                                   # from the last step backwards
             v = model.mask_latent(torch.randn(xs[0].shape, generator=g, device=model.device), cond)
-            step_sq[i] += (vjp(i, v) ** 2).sum().item() / len(v)
+            step_sq[i] += ((vjp(i, v) ** 2).flatten(1).sum(1) / n_real).mean().item()
             v_chain = vjp(i, v_chain)
-            prod_sq[i] += (v_chain ** 2).sum().item() / len(v)
-    scale = probes * dim
-    return {"t": model.scheduler.timesteps.tolist(), "step": np.sqrt(step_sq / scale).tolist(),
-            "product": np.sqrt(prod_sq / scale).tolist()}
+            prod_sq[i] += ((v_chain ** 2).flatten(1).sum(1) / n_real).mean().item()
+    return {"t": model.scheduler.timesteps.tolist(), "step": np.sqrt(step_sq / probes).tolist(),
+            "product": np.sqrt(prod_sq / probes).tolist()}
 
 
 @torch.no_grad()

@@ -74,8 +74,9 @@ class DDIMScheduler:
         self.set_timesteps(50)
 
     def set_timesteps(self, num_inference_steps: int):
-        if not 1 <= num_inference_steps <= self.num_train_timesteps:
-            raise data.InputError(f"steps={num_inference_steps}: must be in 1..{self.num_train_timesteps}")
+        most = self.num_train_timesteps - self.steps_offset          # the first timestep must exist: 999 with offset 1
+        if not 1 <= num_inference_steps <= most:
+            raise data.InputError(f"steps={num_inference_steps}: must be in 1..{most}")
         self.step_ratio = self.num_train_timesteps // num_inference_steps
         self.timesteps = (torch.arange(num_inference_steps - 1, -1, -1) * self.step_ratio + self.steps_offset).long()
 
@@ -90,11 +91,11 @@ class DDIMScheduler:
         ab = self._ab(t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
-    def step(self, model_output, t, x_t, eta: float = 0.0, prediction_type: str | None = None, noise=None):
+    def step(self, model_output, t, x_t, eta: float = 0.0, noise=None):
         """One reverse step from x_t at training index t to the previous grid point."""
         t = torch.as_tensor(t, device=x_t.device).long()
         ab_t, ab_prev = self._ab(t, x_t), self._ab(t - self.step_ratio, x_t)
-        kind = prediction_type or self.prediction_type
+        kind = self.prediction_type
         if kind == "epsilon":
             eps = model_output
             x0 = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()          # the one-step prediction x0_hat
@@ -194,8 +195,9 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base, self.scale, self.merged = base, alpha / r, False
         self.base.requires_grad_(False)
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        like = {"device": base.weight.device, "dtype": base.weight.dtype}      # beside the base (e.g. on CUDA)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **like))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **like))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, x):
@@ -207,12 +209,6 @@ class LoRALinear(nn.Module):
         if not self.merged:
             self.base.weight += self.scale * self.lora_B @ self.lora_A
             self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self):
-        if self.merged:
-            self.base.weight -= self.scale * self.lora_B @ self.lora_A
-            self.merged = False
 
 
 def inject_lora(module: nn.Module, r: int = 8, alpha: float = 16.0, targets=("q", "k", "v", "o")) -> list:
@@ -403,9 +399,10 @@ class Backbone(nn.Module):
     def sample(self, texts, lengths, steps=None, guidance=None, eta=None, generator=None, chunk=64):
         """The full reverse chain: normalised features (B, T, D), zero on padded frames.
         Items are denoised in chunks of similar length (less padding to compute). The noise is drawn
-        for the whole batch, so a sample does not depend on the chunking or on its neighbours."""
+        for the whole batch before chunking, so a sample does not depend on the chunking (it does depend
+        on its place in the batch and the batch's longest length, which shape that draw)."""
         cond = self.condition(texts, lengths)
-        self.scheduler.set_timesteps(steps or self.cfg.steps)
+        self.scheduler.set_timesteps(self.cfg.steps if steps is None else steps)
         x = self.init_noise(cond, generator)                                # x_T, (B, N, latent)
         eta = self.cfg.eta if eta is None else eta
         order = torch.argsort(cond.lengths, descending=True, stable=True)
@@ -479,7 +476,10 @@ class MLD(Backbone):
         """|| eps - eps_theta(z_t, t, c) ||^2 on real tokens of the frozen VAE's (scaled) latent."""
         cond = self.drop_text(self.condition(batch["captions"], batch["lengths"]), p_uncond)
         with torch.no_grad():
+            mode = self.encoder.training
+            self.encoder.eval()                           # the frozen VAE without dropout, as latent_std saw it
             z0 = self.encode(batch["motion"], batch["mask"])[0] * self.latent_scale
+            self.encoder.train(mode)
         t = torch.randint(0, 1000, (len(z0),), device=z0.device)
         eps = torch.randn_like(z0)
         z_t = self.mask_latent(self.scheduler.add_noise(z0, eps, t), cond)
@@ -561,10 +561,10 @@ def generator_checkpoint(model: Backbone, train_cfg: TrainConfig | None = None, 
 def validation_loss(model, loss_fn, val_batches, seed=0):
     """Mean loss on fixed val batches with fixed noise, so successive values are comparable."""
     model.eval()
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    losses = [loss_fn(b).item() for b in val_batches]
-    torch.random.set_rng_state(state)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):      # training's stream untouched
+        torch.manual_seed(seed)
+        losses = [loss_fn(b).item() for b in val_batches]
     model.train()
     return float(np.mean(losses))
 
@@ -593,6 +593,8 @@ def train(tc: TrainConfig) -> Backbone:
         data.load_state(model, ck["model"], tc.out)
         start_stage, start_step, opt_state, log = ck["stage"], ck["step"], ck["optimizer"], ck["log"]
         torch.set_rng_state(ck["rng"])
+        if device.type == "cuda" and ck.get("cuda_rng") is not None:        # the draws that matter on a GPU
+            torch.cuda.set_rng_state(ck["cuda_rng"], device)
         print(f"resumed {tc.out} at stage {stages[min(start_stage, len(stages) - 1)][0]} step {start_step}")
     print(f"{mc.backbone}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
     data.print_config(mc, "model")
@@ -641,7 +643,8 @@ def train(tc: TrainConfig) -> Backbone:
                 done = last and si == len(stages) - 1
                 nxt = (si + 1, 0) if last else (si, step + 1)
                 data.atomic_save(generator_checkpoint(model, tc, stage=nxt[0], step=nxt[1], optimizer=None if last
-                                 else opt.state_dict(), rng=torch.get_rng_state(), log=log, done=done), tc.out)
+                                 else opt.state_dict(), rng=torch.get_rng_state(), log=log, done=done,
+                                 cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None), tc.out)
         opt_state = None
     print(f"trained {mc.backbone} in {time.time() - t0:.0f}s -> {tc.out}")
     return model.eval()

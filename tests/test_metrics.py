@@ -118,6 +118,15 @@ def test_jacobian_norms_match_the_exact_jacobians_of_a_tiny_chain(build_tiny):
         assert res["product"][i] == pytest.approx(prod.norm().item() / dim ** 0.5, rel=0.15)
 
 
+def test_jacobian_norms_score_the_identity_one_whatever_the_padding(build_tiny, monkeypatch):
+    """The normalisation counts an item's real entries only: a chain of identities scores 1 per step and
+    for the product, with a 16-frame item padded to 40 frames beside it."""
+    gen, _ = build_tiny("mld")
+    monkeypatch.setattr(gen, "denoise_step", lambda x_t, t, cond, *a, **k: (x_t * 1.0, x_t))
+    res = metrics.jacobian_norms(gen, ["a person waves", "a person walks forward"], [16, 40], steps=3, probes=40)
+    assert res["step"] == pytest.approx([1.0] * 3, rel=0.05) and res["product"] == pytest.approx([1.0] * 3, rel=0.05)
+
+
 def test_motion_stats_reads_each_part_of_the_vector_and_ignores_padding():
     """A ramp x_f = a f + c in one part gives 'change' |a| there and 0 elsewhere; padded frames
     (here 1e6) never count; the parts of 263 dims are 4 + 63 + 126 + 66 + 4 (22 joints)."""

@@ -31,6 +31,8 @@ def test_schedules_match_published_values():
     assert np.allclose(models.DDIMScheduler("cosine").alpha_bar.numpy(), alpha_bar_np("cosine"), atol=1e-6)
     s.set_timesteps(50)
     assert s.timesteps[:3].tolist() == [981, 961, 941] and s.timesteps[-1].item() == 1
+    with pytest.raises(data.InputError, match=r"steps=1000: must be in 1\.\.999"):   # 1000..1: no timestep 1000
+        s.set_timesteps(1000)
 
 
 @pytest.mark.parametrize("kind,pred", [("scaled_linear", "epsilon"), ("cosine", "sample")])
@@ -64,7 +66,7 @@ def test_eta_one_is_the_ddpm_posterior():
     """With 1000 steps and eta = 1, one step samples q(x_{t-1} | x_t, x0): its mean is the posterior
     mean and its std the posterior std sqrt(beta~_t)."""
     ab = alpha_bar_np("scaled_linear")
-    s = models.DDIMScheduler("scaled_linear", "sample")
+    s = models.DDIMScheduler("scaled_linear", "sample", steps_offset=0)       # grid 999..0: t - 1 is the next
     s.set_timesteps(1000)
     x0, x_t, z = torch.randn(2, 6), torch.randn(2, 6), torch.randn(2, 6)
     t = 500
