@@ -8,7 +8,7 @@ through the T-step chain: the gradient for step t carries the product of Jacobia
 
     x_{t-1} = pi_theta(sg(x_t), t, c)                                     (Eq. 7)
     d x_{t-1} / d theta = d pi_theta(sg(x_t), t, c) / d theta             (Eq. 8, Corollary 2)
-    loss_t = -w_t R_phi(x_t-dependent input, c), backward, clip, step     (Eq. 6, 9)
+    loss_t = -R_phi(x_t-dependent input, c), backward, clip, step w_t    (Eq. 6, 9)
 
 so each trained step is one update with the graph of that step only (O(1) memory, T updates per
 trajectory, no vanishing product). The reward at a step is Eq. 12:
@@ -32,7 +32,9 @@ MLD's default adds the KL term of Eq. S1 (weight 100) at the paper's lr 1e-5; MD
 30 trajectories without it (both chosen on held-out data, never test; see BACKBONE_DEFAULTS). The reward is
 Eq. 11's similarity, as in the paper; a contrastive form is an option (see RewardFn). `--reward-model`
 swaps R_phi for another spl.py reward (e.g. the one before SPL) or, as a diagnostic, the second
-evaluator (never the test one; README, "A second evaluator as the reward").
+evaluator (never the test one; README, "A second evaluator as the reward"). App. A.5's step weight
+w_t scales step t's learning rate, not its loss: clipping at 1.0 (most steps' gradients are larger)
+and AdamW's normalisation would undo a weight on the loss (see easytune_trajectory).
 
 Run:  python easytune.py --backbone mld            # everything, from a fresh clone, on a CPU
       python easytune.py --backbone mdm
@@ -172,14 +174,14 @@ def step_reward(gen, reward_fn, x_prev, x0_hat, t_prev, cond, captions, mode):
     return reward_fn(gen.decode(x, cond.mask), cond.lengths, captions, ab)
 
 
-def step_loss(gen, reward_fn, x_t, t, cond, captions, cfg, w=1.0, ref=None, noise=None):
+def step_loss(gen, reward_fn, x_t, t, cond, captions, cfg, ref=None, noise=None):
     """Eq. 7 and 9 for one step: -> (loss, x_{t-1} detached, mean reward). The input is sg(x_t), so
     the graph holds this step only (Corollary 2)."""
     guidance = gen.cfg.guidance if cfg.guidance < 0 else cfg.guidance
     x_prev, x0_hat = gen.denoise_step(x_t.detach(), t, cond, guidance, noise=noise)        # Eq. 7
     r = step_reward(gen, reward_fn, x_prev, x0_hat, int(t) - gen.scheduler.step_ratio, cond, captions,
                     cfg.reward_input)
-    loss = -w * r.mean()
+    loss = -r.mean()
     if cfg.kl_weight > 0:                                                                    # Eq. S1
         with torch.no_grad():
             x_ref, _ = ref.denoise_step(x_t.detach(), t, cond, guidance, noise=noise)
@@ -228,8 +230,7 @@ def easytune_trajectory(gen, reward_fn, captions, lengths, cfg, opt, params, rng
                 x, _ = gen.denoise_step(x, t, cond, None if cfg.guidance < 0 else cfg.guidance, noise=noise)
             continue
         with meter if meter is not None else contextlib.nullcontext():
-            loss, x, r = step_loss(gen, reward_fn, x, t, cond, captions, cfg, step_weight(cfg.weighting, i,
-                                   cfg.sample_steps), ref, noise)
+            loss, x, r = step_loss(gen, reward_fn, x, t, cond, captions, cfg, ref, noise)
             for p in params:
                 p.grad = None
             loss.backward()                                                              # graph of step t only
@@ -237,8 +238,15 @@ def easytune_trajectory(gen, reward_fn, captions, lengths, cfg, opt, params, rng
         if theta_prime is not None:                                                      # chain: update theta'
             for p, q in zip(params, theta_prime):                                        # (already clipped)
                 q.grad = None if p.grad is None else p.grad.clone()
+        # NOTE (deviation): App. A.5 weights step t's reward by w_t. A weight on the loss does not survive
+        # clipping (78% of MLD's updates have a gradient norm above 1.0, the early steps all of them) nor
+        # AdamW, which divides by the gradient's running scale; here w_t scales the step's lr, so step t
+        # moves theta w_t times as far as a uniform step would (its KL term too).
+        lr = cfg.lr * step_weight(cfg.weighting, i, cfg.sample_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
         opt.step()                                                                       # x = sg(x_{t-1}) above
-        records.append({"i": i, "t": int(t), "reward": r, "loss": loss.item(), "grad_norm": grad_norm,
+        records.append({"i": i, "t": int(t), "reward": r, "loss": loss.item(), "grad_norm": grad_norm, "lr": lr,
                         "peak_saved_mib": meter.peak_mib if meter is not None else None})
     if theta_prime is not None:                                       # Algorithm 1, lines 15-17: theta <- theta'
         with torch.no_grad():
@@ -280,11 +288,14 @@ def better(score, best, base, slack=0.25):
 
 
 def finetune(gen, reward, cfg, root, out_dir, log_path):
-    """Run EasyTune for cfg.trajectories trajectories with val checks; -> (best model, summary)."""
+    """Run EasyTune for cfg.trajectories trajectories with val checks; best.pt and last.pt go to out_dir,
+    one JSON line per update to log_path. -> the run's summary (updates, time, val history, best)."""
     device = gen.device
     rng = np.random.default_rng(cfg.seed)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     train_set = data.MotionTextDataset(root, "train", seed=cfg.seed)
+    if cfg.batch_size > len(train_set):
+        raise data.InputError(f"--batch-size {cfg.batch_size}: more than the {len(train_set)} training items of {root}")
     reward.requires_grad_(False)
     gen.requires_grad_(False)
     set_guidance(gen, cfg.guidance)            # val checks, and the checkpoints' sampler, use the tuned scale
@@ -293,10 +304,10 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
     ref = copy.deepcopy(gen).requires_grad_(False) if cfg.kl_weight > 0 else None
     meter = metrics.SavedTensorMeter(gen, reward)
     ckpt_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
-    start, updates, elapsed, history, best, bad_checks = 0, 0, 0.0, [], None, 0
+    start, end, updates, elapsed, history, best, bad_checks = 0, cfg.trajectories, 0, 0.0, [], None, 0
     ck = data.load_checkpoint(ckpt_path, "easytune") if cfg.resume and os.path.isfile(ckpt_path) else None
     if ck is not None:
-        check_resumable(ck, cfg, ckpt_path)                                              # before any work
+        check_resumable(ck, cfg, ckpt_path, device)                                      # before any work
     base = val_score(gen, reward_fn, root, cfg.sample_steps)
     history.append({"trajectory": 0, **{k: v for k, v in base.items() if k != "touched"}})
     if ck is not None:
@@ -315,12 +326,17 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
             f.writelines(kept)
         os.replace(log_path + ".tmp", log_path)
         print(f"resumed {ckpt_path} at trajectory {start}")
+        if bad_checks >= cfg.patience:                                 # it had stopped early: it stays stopped
+            print(f"the saved run stopped early (no val improvement in {bad_checks} checks); raise --patience to go on")
+            end = start
     else:
+        if os.path.isfile(ckpt_path):                                  # a previous run's: never resumed into this one
+            os.remove(ckpt_path)
         open(log_path, "w").close()
         data.atomic_save(models.generator_checkpoint(merged(gen), selected=None), best_path)  # until val improves
     gen.eval()
     touched = set(base["touched"])
-    bar = tqdm(range(start, cfg.trajectories), desc=f"easytune {cfg.method}", initial=start, total=cfg.trajectories,
+    bar = tqdm(range(start, max(start, end)), desc=f"easytune {cfg.method}", initial=start, total=cfg.trajectories,
                mininterval=2)
     t0, traj = time.time() - elapsed, start - 1
     for traj in bar:
@@ -331,7 +347,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
         with open(log_path, "a") as f:
             for r in recs:
                 updates += 1
-                f.write(json.dumps({"update": updates, "trajectory": traj + 1, **r, "lr": cfg.lr}) + "\n")
+                f.write(json.dumps({"update": updates, "trajectory": traj + 1, **r}) + "\n")
         bar.set_postfix(reward=f"{np.mean([r['reward'] for r in recs]):.3f}", refresh=False)
         if (traj + 1) % cfg.val_every == 0 or traj + 1 == cfg.trajectories:
             score = val_score(gen, reward_fn, root, cfg.sample_steps)
@@ -350,7 +366,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
                               "trajectory": traj + 1, "updates": updates, "elapsed": time.time() - t0,
                               "history": history, "best": best, "bad_checks": bad_checks, "rng": rng.bit_generator.state,
                               "data_rng": train_set.rng.bit_generator.state, "torch_rng": g.get_state(),
-                              "config": dataclasses.asdict(cfg)}, ckpt_path)
+                              "device_type": device.type, "config": dataclasses.asdict(cfg)}, ckpt_path)
             if bad_checks >= cfg.patience:
                 tqdm.write(f"early stop: no val improvement in {cfg.patience} checks")
                 break
@@ -362,10 +378,15 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
 RESUMABLE = ("resume", "trajectories", "patience", "replications", "device", "runs")   # may change on --resume
 
 
-def check_resumable(ck: dict, cfg: EasyTuneConfig, path):
-    """--resume continues the saved run only with its settings (the budget, patience, device may change)."""
-    if "data_rng" not in ck:
-        raise data.CheckpointError(f"{path}: written by an older easytune.py (no data order saved); drop --resume")
+def check_resumable(ck: dict, cfg: EasyTuneConfig, path, device):
+    """--resume continues the saved run only with its settings (the budget, patience, device may change,
+    within the device's kind: a CPU generator's state cannot continue a CUDA one's draws)."""
+    if "data_rng" not in ck or "device_type" not in ck:
+        raise data.CheckpointError(f"{path}: written by an older easytune.py (no data order or device saved); drop --resume")
+    if ck["device_type"] != device.type:
+        raise data.CheckpointError(f"{path}: saved on {ck['device_type']}, resuming on {device.type}: the noise "
+                                   f"draws cannot continue across kinds of device; --device {ck['device_type']}, or "
+                                   "drop --resume")
     saved = ck["config"]
     diff = [f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in dataclasses.asdict(cfg).items()
             if k not in RESUMABLE and saved.get(k) != v]
@@ -592,6 +613,14 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
         given = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
     fill = {**BACKBONE_DEFAULTS[cfg.backbone], **PRESETS[cfg.preset]}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in fill.items() if k not in given})
+    for name, ok, want in (("trajectories", cfg.trajectories >= 1, ">= 1"), ("val_every", cfg.val_every >= 1, ">= 1"),
+                           ("patience", cfg.patience >= 1, ">= 1"), ("replications", cfg.replications >= 1, ">= 1"),
+                           ("batch_size", cfg.batch_size >= 1, ">= 1"), ("lr", cfg.lr > 0, "> 0"),
+                           ("clip", cfg.clip > 0, "> 0"), ("kl_weight", cfg.kl_weight >= 0, ">= 0"),
+                           ("lora_rank", cfg.lora_rank >= 0, ">= 0 (0: full fine-tuning)"),
+                           ("sample_steps", 1 <= cfg.sample_steps <= 999, "in 1..999")):
+        if not ok:
+            raise data.InputError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {want}")
     trained_steps(cfg.train_steps, cfg.sample_steps, np.random.default_rng(0))          # validates the spec
     return cfg
 

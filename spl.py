@@ -19,10 +19,11 @@ Noise space       The noise is added to the *normalised 263-d features*, and the
                   prediction R_phi(decode(x0_hat), 0, c) (the official EasyTune code's) is
                   `--reward-input x0` there.
 SPL (Alg. 2)      per batch, the batch is the retrieval pool: every caption scores every motion
-                  (Eq. 11); if its ground truth is not in the top-k (k = 10) the pair (x_w = ground
-                  truth, x_l = best-scoring wrong motion) is mined (Eq. 13-14), P = softmax(R(x_w), R(x_l))
-                  (Eq. 15), Q = (1, 0) (Eq. 16), loss KL(Q || P) (Eq. 17); rows where retrieval succeeds
-                  (Q = (0.5, 0.5), x_w = x_l, KL = 0) keep the contrastive objective (App. B.4).
+                  (Eq. 11); if its ground truth is not in the top-k (k = 3 here, the paper's K = 10)
+                  the pair (x_w = ground truth, x_l = best-scoring wrong motion) is mined (Eq. 13-14),
+                  P = softmax(R(x_w), R(x_l)) (Eq. 15), Q = (1, 0) (Eq. 16), loss KL(Q || P) (Eq. 17);
+                  rows where retrieval succeeds (the paper's Q = (0.5, 0.5) with x_l = x_w, KL = 0)
+                  keep the contrastive objective instead (App. B.4).
                   The failure ratio is logged per epoch (the paper aims at about 1:20).
 
 Notation (code -> paper): R -> R_phi, tau -> tau, E_M / E_T -> motion_embed / text_embed,
@@ -45,6 +46,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -77,7 +79,7 @@ class RewardConfig:
     steps: int = 1500               # pretraining steps (spl: steps of preference fine-tuning)
     batch_size: int = 64            # also the retrieval pool of SPL (256 there)
     lr: float = 5e-4                # official: 1e-4 pretrain, 1e-5 SPL (far longer schedules)
-    spl_k: int = 3                  # paper: 10 in pools of 32; chosen here for a ~1:20 failure ratio
+    spl_k: int = 3                  # paper: K = 10; 3 here for the ~1:20 failure ratio the paper aims at
     spl_weight: float = 1.0         # 0 gives the control run: the same steps, contrastive on every row
     seed: int = 7
     device: str = "auto"
@@ -206,7 +208,9 @@ def mine_pairs(S, dup, k):
 
 def spl_loss(r_w, r_l, failed):
     """Eq. 15-17: KL(Q || P) with P = softmax(R(x_w), R(x_l)), Q = (1, 0) for mined pairs and
-    (0.5, 0.5) otherwise (there x_l = x_w, so P = Q and the loss is 0). -> (B,)."""
+    (0.5, 0.5) otherwise. -> (B,). The paper sets x_l = x_w on rows that retrieve correctly, so P = Q
+    and the loss is 0 there; train() passes the best wrong motion on every row and keeps this loss
+    only where `failed` (the contrastive term elsewhere), which is the same."""
     logp = torch.log_softmax(torch.stack([r_w, r_l], -1), -1)
     q = torch.where(failed[:, None], torch.tensor([1.0, 0.0], device=r_w.device), torch.tensor([0.5, 0.5], device=r_w.device))
     return (q * (torch.log(q.clamp(min=1e-12)) - logp)).sum(-1)               # 0 log 0 = 0
@@ -234,21 +238,29 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
                                                        "out", "init")})
     else:
         model, train_set = build(cfg, device)
+    if not 2 <= cfg.batch_size <= len(train_set):
+        raise data.InputError(f"--batch-size {cfg.batch_size}: must be in 2..{len(train_set)}, the training "
+                              f"items of {cfg.data}")
     sched = models.DDIMScheduler("cosine", "sample")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     data.print_config(cfg, f"reward {mode}")
     t0, log, epoch_stats, batches = time.time(), [], defaultdict(float), iter(())
+
+    def end_epoch(step):                                  # one log row per pass over the data (and the last part)
+        if epoch_stats["rows"]:
+            log.append({"step": step, "failure_ratio": epoch_stats["failed"] / epoch_stats["rows"],
+                        "loss": epoch_stats["loss"] / epoch_stats["batches"]})
+            if mode == "spl":
+                tqdm.write(f"{mode} epoch {len(log)}: retrieval failures {epoch_stats['failed']:.0f}/"
+                           f"{epoch_stats['rows']:.0f} (1:{epoch_stats['rows'] / max(epoch_stats['failed'], 1):.0f})")
+        epoch_stats.clear()
+
     bar = tqdm(range(cfg.steps), desc=f"reward {mode}", mininterval=2)
     for step in bar:
         try:
             batch = next(batches)
         except StopIteration:
-            if epoch_stats["rows"]:
-                log.append({"step": step, "failure_ratio": epoch_stats["failed"] / epoch_stats["rows"],
-                            "loss": epoch_stats["loss"] / epoch_stats["batches"]})
-                tqdm.write(f"{mode} epoch {len(log)}: retrieval failures {epoch_stats['failed']:.0f}/"
-                           f"{epoch_stats['rows']:.0f} (1:{epoch_stats['rows'] / max(epoch_stats['failed'], 1):.0f})")
-                epoch_stats = defaultdict(float)
+            end_epoch(step)
             batches = iter(data.loader(train_set, cfg.batch_size, True, seed=cfg.seed + step, drop_last=True))
             batch = next(batches)
         x, mask = batch["motion"].to(device), batch["mask"].to(device)
@@ -256,23 +268,22 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
         S = model.scores(x, batch["lengths"].to(device), batch["captions"], ab)     # (B, B) Eq. 11
         dup = same_meaning(batch["captions"])
         contrast = info_nce_rows(S, dup)
-        if mode == "spl":                                                         # Algorithm 2
-            with torch.no_grad():
-                failed, loser = mine_pairs(S, dup, cfg.spl_k)                     # step 1: mining
+        with torch.no_grad():
+            failed, loser = mine_pairs(S, dup, cfg.spl_k)                         # Algorithm 2, step 1: mining
+        if mode == "spl":
             rows = torch.arange(len(S), device=device)
             pref = spl_loss(S[rows, rows], S[rows, loser], failed)                # step 2: Eq. 15-17
             loss = torch.where(failed, cfg.spl_weight * pref, contrast).mean() if cfg.spl_weight else contrast.mean()
-            epoch_stats["failed"] += failed.sum().item()
-            epoch_stats["rows"] += len(S)
         else:
-            loss = contrast.mean()
-        epoch_stats["loss"] += loss.item()
-        epoch_stats["batches"] += 1
+            loss = contrast.mean()                                                # (failures only logged)
+        for k, v in (("failed", failed.sum().item()), ("rows", len(S)), ("loss", loss.item()), ("batches", 1)):
+            epoch_stats[k] += v
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", tau=f"{model.tau.item():.1f}", refresh=False)
+    end_epoch(cfg.steps)
     model.eval()
     data.atomic_save({"kind": "reward", "config": dataclasses.asdict(model.cfg), "vocab": model.vocab.itos,
                       "dims": int(model.mean.shape[0]), "model": model.state_dict(), "mode": mode, "log": log,
@@ -366,11 +377,13 @@ def format_bench(results, cols=("R@1", "R@2", "R@3", "R@5", "R@10")):
 # -----------------------------------------------------------------------------
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    trainers = {}
     for name, helptext in (("pretrain", "noise-aware contrastive pretraining"), ("spl", "Algorithm 2 from --init")):
-        data.add_config_args(sub.add_parser(name, help=helptext), RewardConfig)
+        trainers[name] = sub.add_parser(name, help=helptext)
+        data.add_config_args(trainers[name], RewardConfig)
     b = sub.add_parser("bench", help="retrieval R@k of one or more rewards (Tables 4 / S8)")
     b.add_argument("--reward", nargs="+", required=True)
     b.add_argument("--data", required=True)
@@ -379,14 +392,15 @@ def main():
                    help="generator checkpoints whose full samples (same noise for each) get a row")
     b.add_argument("--device", default="auto")
     b.add_argument("--json", default=None)
-    a = p.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    a = p.parse_args(argv)
     if a.cmd in ("pretrain", "spl"):
         cfg = data.config_from_args(RewardConfig, a)
         if cfg.preset not in PRESETS:
             raise data.InputError(f"--preset {cfg.preset!r}: tiny or default")
-        default = RewardConfig()
-        over = {**PRESETS[cfg.preset], **(SPL_DEFAULTS if a.cmd == "spl" else {})}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if getattr(cfg, k) == getattr(default, k)})
+        given = data.given_flags(trainers[a.cmd], argv[1:])           # a flag given wins, even at its default
+        over = {**PRESETS[cfg.preset], **(SPL_DEFAULTS if a.cmd == "spl" and cfg.preset == "default" else {})}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if k not in given})
         if a.cmd == "spl" and not cfg.init:
             raise data.InputError("spl needs --init PATH, a reward from `spl.py pretrain`")
         train(cfg, a.cmd)

@@ -126,9 +126,11 @@ def test_every_method_shares_one_optimiser_without_the_kl_term():
     assert baselines.easytune_config(baselines.CompareConfig(preset="tiny")).lr == 1e-4
 
 
-def test_unknown_method_is_a_clear_error():
+def test_unknown_method_and_out_of_range_settings_are_clear_errors():
     with pytest.raises(baselines.data.InputError, match="unknown method 'dpok'"):
         baselines.plan("dpok", T, np.random.default_rng(0))
+    with pytest.raises(baselines.data.InputError, match="--val-checks 0: must be > 0"):   # before any work
+        baselines.compare(baselines.CompareConfig(val_checks=0))
 
 
 def test_a_missing_matplotlib_skips_the_plot_with_a_note(monkeypatch, tmp_path, capsys):

@@ -141,6 +141,24 @@ def test_step_schedules_and_weights():
             easytune.trained_steps(bad, 50, rng)
 
 
+def test_step_weight_scales_the_update_where_a_weight_on_the_loss_would_be_undone(build_tiny, tiny_data):
+    """App. A.5's w_t as the step's lr: the first step under "decreasing" (w = 1.5) moves theta exactly 1.5
+    times as far as under "uniform", with clipping active. A weight on the loss would not: the clipped
+    gradient has norm `clip` whatever the weight, and AdamW's first step is g / |g| anyway."""
+    def first_update(weighting):
+        gen, reward_fn, theta, cfg = setup(build_tiny, tiny_data, lr=1e-3, clip=1e-3, train_steps="first:1",
+                                           weighting=weighting)
+        start = [p.detach().clone() for p in theta]
+        recs = easytune.easytune_trajectory(gen, reward_fn, CAPS, torch.tensor(LENGTHS), cfg,
+                                            torch.optim.AdamW(theta, lr=cfg.lr), theta, np.random.default_rng(0),
+                                            torch.Generator().manual_seed(0))
+        return flat([p.detach() - s for p, s in zip(theta, start)]), recs
+    uniform, recs = first_update("uniform")
+    decreasing, recs_dec = first_update("decreasing")
+    assert len(recs) == 1 and recs[0]["grad_norm"] > 1e-3 and recs_dec[0]["lr"] == pytest.approx(1.5e-3)
+    assert uniform.abs().max() > 0 and torch.allclose(decreasing, 1.5 * uniform, rtol=1e-4, atol=1e-6)
+
+
 def test_backbone_defaults_fill_only_what_was_not_given():
     """The per-backbone defaults (chosen on held-out data) apply unless a flag or the tiny preset says
     otherwise -- and a flag wins even when it repeats the dataclass default: `--backbone mdm --lr 1e-5`
@@ -158,6 +176,9 @@ def test_backbone_defaults_fill_only_what_was_not_given():
     assert (c.lr, c.trajectories) == (1e-5, 15)
     assert cli("--backbone", "mld", "--kl-weight", "0").kl_weight == 0.0
     assert cli("--backbone=mld", "--preset", "tiny", "--batch-size", "32").batch_size == 32
+    for flag, value, want in (("--val-every", "0", ">= 1"), ("--lr", "0.0", "> 0"), ("--sample-steps", "1000", "1..999")):
+        with pytest.raises(data.InputError, match=f"{flag} {value}: must be .*{want}"):   # not a crash minutes later
+            cli("--backbone", "mld", flag, value)
 
 
 def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(build_tiny, tiny_data, tmp_path,
@@ -263,3 +284,38 @@ def test_an_evaluator_as_the_reward_is_minus_its_distance_and_never_the_test_eva
     torch.save({"kind": "generator"}, str(tmp_path / "gen.pt"))
     with pytest.raises(data.InputError, match="gen.pt: a 'generator' checkpoint"):
         easytune.load_reward_model(str(tmp_path / "gen.pt"), test_path, "cpu")
+
+
+def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_devices_do_not_mix(
+        build_tiny, tiny_data, tmp_path, monkeypatch):
+    """--resume of a run that stopped early trains nothing more; a run started afresh never leaves the previous
+    run's last.pt to be resumed into it; a CPU run does not continue a CUDA run's noise draws."""
+    real_score, calls = easytune.val_score, []
+
+    def worse_each_time(*a, **k):
+        s = real_score(*a, **k)
+        calls.append(1)
+        return {**s, "val_reward": s["val_reward"] - len(calls)}
+    monkeypatch.setattr(easytune, "val_score", worse_each_time)
+    cfg = easytune.resolve(easytune.EasyTuneConfig(backbone="mdm", preset="tiny", trajectories=4, val_every=1,
+                                                   patience=1, batch_size=4, sample_steps=3))
+    log, last = tmp_path / "log.jsonl", tmp_path / "last.pt"
+
+    def run(**over):
+        gen, reward = build_tiny("mdm")
+        return easytune.finetune(gen, reward, dataclasses.replace(cfg, **over), tiny_data, str(tmp_path), str(log))
+    assert run()["trajectories"] == 1                               # stopped after the first val check
+    again = run(resume=True)
+    assert again["trajectories"] == 1 and again["updates"] == 3 and len(open(log).readlines()) == 3
+
+    ck = torch.load(last, weights_only=False)
+    torch.save({**ck, "device_type": "cuda"}, last)
+    with pytest.raises(data.CheckpointError, match="last.pt: saved on cuda, resuming on cpu"):
+        run(resume=True)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(easytune, "easytune_trajectory", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run()                                                       # afresh, killed before its first check
+    assert not last.exists()

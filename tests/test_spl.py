@@ -80,6 +80,8 @@ def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
     spl.train(cfg, "spl")
     ck = data.load_checkpoint(cfg.out, "reward")
     assert ck["mode"] == "spl" and ck["log"] and 0 < ck["log"][0]["failure_ratio"] < 1
+    assert ck["log"][-1]["step"] == 12                                           # the last, partial epoch too
+    assert data.load_checkpoint(pre.out, "reward")["log"][-1]["step"] == 20      # pretraining logs its epochs
     before, after = spl.load_reward(pre.out), spl.load_reward(cfg.out)
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
     with pytest.raises(data.CheckpointError, match="missing.pt: checkpoint not found"):
@@ -129,3 +131,16 @@ def test_retrieval_embeddings_read_unnormalised_features(build_tiny, tiny_data):
     text, motion = reward.retrieval_embeddings(b["captions"], raw, b["lengths"])
     assert np.allclose(text, reward.text_embed(b["captions"]).numpy(), atol=1e-6)
     assert np.allclose(motion, reward.motion_embed(b["motion"], b["lengths"]).numpy(), atol=1e-5)
+
+
+def test_cli_flags_win_over_presets_even_at_their_default(monkeypatch):
+    """`--steps 1500` under --preset tiny, and `spl --batch-size 64 --lr 5e-4` (the dataclass defaults), are
+    what was asked: the preset and SPL's defaults fill only the flags not given."""
+    seen = {}
+    monkeypatch.setattr(spl, "train", lambda cfg, mode: seen.update(cfg=cfg, mode=mode))
+    spl.main(["pretrain", "--preset", "tiny", "--steps", "1500"])
+    assert (seen["cfg"].steps, seen["cfg"].d_model, seen["cfg"].batch_size) == (1500, 32, 32)
+    spl.main(["spl", "--init", "r.pt", "--batch-size", "64", "--lr", "5e-4"])
+    assert (seen["mode"], seen["cfg"].batch_size, seen["cfg"].lr, seen["cfg"].steps) == ("spl", 64, 5e-4, 150)
+    spl.main(["spl", "--init", "r.pt", "--preset", "tiny"])                    # tiny: SPL at the tiny sizes
+    assert (seen["cfg"].batch_size, seen["cfg"].steps) == (32, 60)
