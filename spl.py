@@ -79,7 +79,8 @@ class RewardConfig:
     steps: int = 1500               # pretraining steps (spl: steps of preference fine-tuning)
     batch_size: int = 64            # also the retrieval pool of SPL (256 there)
     lr: float = 5e-4                # official: 1e-4 pretrain, 1e-5 SPL (far longer schedules)
-    spl_k: int = 3                  # paper: K = 10; 3 here for the ~1:20 failure ratio the paper aims at
+    spl_k: int = 3                  # paper: K = 10 in pools of 32 (App. A.6; released code: batches of 64);
+                                    # 3 in pools of 256 here gives the ~1:20 failure ratio the paper aims at
     spl_weight: float = 1.0         # 0 gives the control run: the same steps, contrastive on every row
     seed: int = 7
     device: str = "auto"
