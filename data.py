@@ -138,7 +138,8 @@ def skeleton_for_dims(dims: int, where: str = "features") -> Skeleton:
 
 
 # -----------------------------------------------------------------------------
-# Quaternions (w, x, y, z), written once for numpy arrays and torch tensors alike.
+# Quaternions (w, x, y, z), written once for numpy arrays and torch tensors alike (qbetween and
+# quat_to_6d: numpy only, used only when features are made from joints).
 
 
 def _stack(x, parts):
@@ -401,12 +402,20 @@ class Vocab:
 # The loader: any HumanML3D-format folder.
 
 
+def read_text(path: str) -> list:
+    """The lines of a UTF-8 text file (captions, splits); anything else is a DataError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def read_split(root: str, split: str) -> list:
     path = os.path.join(root, f"{split}.txt")
     if not os.path.isfile(path):
         raise DataError(f"{path}: split file not found")
-    with open(path) as f:
-        names = [ln.strip() for ln in f if ln.strip()]
+    names = [ln.strip() for ln in read_text(path) if ln.strip()]
     if not names:
         raise DataError(f"{path}: split is empty")
     return names
@@ -418,7 +427,10 @@ def load_stats(root: str) -> tuple:
         path = os.path.join(root, fname)
         if not os.path.isfile(path):
             raise DataError(f"{path}: normalisation statistics not found")
-        a = np.load(path).astype(np.float32)
+        try:
+            a = np.load(path).astype(np.float32)
+        except Exception as e:  # a truncated or foreign file
+            raise DataError(f"{path}: cannot read ({e})") from None
         if a.ndim != 1:
             raise DataError(f"{path}: expected a vector, got shape {a.shape}")
         skeleton_for_dims(a.shape[0], path)
@@ -453,8 +465,7 @@ def load_captions(root: str, name: str) -> list:
     path = os.path.join(root, "texts", f"{name}.txt")
     if not os.path.isfile(path):
         raise DataError(f"{path}: captions missing for clip {name}")
-    with open(path) as f:
-        lines = [(i + 1, ln) for i, ln in enumerate(f) if ln.strip()]
+    lines = [(i + 1, ln) for i, ln in enumerate(read_text(path)) if ln.strip()]
     if not lines:
         raise DataError(f"{path}: no caption lines")
     return [parse_caption_line(ln, f"{path}:{i}") for i, ln in lines]
@@ -468,7 +479,8 @@ class MotionTextDataset(torch.utils.data.Dataset):
     - A caption with a time span becomes its own item, motion[int(start*fps):int(end*fps)],
       if that piece passes the same filter.
     - Each fetch picks one caption at random and floors the length to a multiple of 4 frames
-      (one time in three, one unit more), cropping a random window; features are normalised
+      (one time in three, one unit more, but never below min_len: a departure from T2M's loader,
+      which can crop a 40-frame clip to 36), cropping a random window; features are normalised
       with the folder's Mean/Std. `deterministic=True` takes the first caption and the whole clip
       (floored), for evaluation protocols that want a fixed pairing.
     """
@@ -607,7 +619,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r}: auto, cpu, cuda or cuda:N") from None
 
 
 def seed_everything(seed: int):
@@ -622,11 +637,9 @@ def add_config_args(parser: argparse.ArgumentParser, cfg_cls, skip=()):
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = type(default)
-        if kind is bool and not default:
+        if kind is bool:
+            assert not default, f"{cfg_cls.__name__}.{f.name}: a switch defaults to False"
             parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help="(a switch)")
-        elif kind is bool:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"),
-                                default=default, metavar="0|1", help=f"(default {int(default)})")
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind if kind in (int, float, str) else str,
                                 default=default, help=f"(default {default})")
@@ -670,7 +683,7 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120]})") from None
+                              f"{(str(e).splitlines() or ['empty file'])[0][:120]})") from None
     if not isinstance(ck, dict) or "kind" not in ck:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no 'kind' entry)")
     if kind is not None and ck["kind"] != kind:
@@ -724,8 +737,10 @@ def main():
     args = p.parse_args()
     if args.cmd == "synth":
         import synth
-        if args.motions < 10:
-            raise InputError(f"--motions {args.motions}: need at least 10 clips for train/val/test splits")
+        if args.motions < 20:                                       # val holds 5%: one clip from 20 on
+            raise InputError(f"--motions {args.motions}: need at least 20 clips, so that val (5%) holds one")
+        if args.seed < 0:
+            raise InputError(f"--seed {args.seed}: must be >= 0")
         synth.write_dataset(args.out, args.motions, args.seed)
     summary = check(args.out if args.cmd == "synth" else args.data)
     for k, v in summary.items():
@@ -733,4 +748,5 @@ def main():
 
 
 if __name__ == "__main__":
-    cli(main)
+    import data  # noqa: F811 -- run as the module synth.py imports, so its errors are the classes cli() catches
+    data.cli(data.main)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 
 import numpy as np
@@ -77,13 +78,16 @@ def flat_foot(E, side, amount=1.0):
     E[:, leg["ankle"], X] = -amount * (E[:, leg["hip"], X] + E[:, leg["knee"], X])
 
 
-def env(n, rise=0.3, fall=0.3, hold_from=None):
+def smoothstep(u):
+    return u * u * (3 - 2 * u)
+
+
+def env(n, rise=0.3, fall=0.3):
     """Smooth 0 -> 1 -> 0 envelope over n frames with rise/fall times in seconds."""
     t = np.arange(n) / FPS
     up = np.clip(t / max(rise, 1e-3), 0, 1)
     down = np.clip((t[-1] - t) / max(fall, 1e-3), 0, 1)
-    s = lambda u: u * u * (3 - 2 * u)  # noqa: E731  smoothstep
-    return s(np.minimum(up, down))
+    return smoothstep(np.minimum(up, down))
 
 
 def bumps(n, count, width=0.5):
@@ -390,8 +394,7 @@ class Sit:
         hold = _seconds(rng, 0.6, 1.4, style)
         up = _seconds(rng, 1.2, 1.6, style) if p["stand_up"] else 0
         seg = Segment(down + hold + up, style)
-        s = lambda u: u * u * (3 - 2 * u)  # noqa: E731
-        depth = np.concatenate([s(np.linspace(0, 1, down)), np.ones(hold), s(np.linspace(1, 0, up))])
+        depth = np.concatenate([smoothstep(np.linspace(0, 1, down)), np.ones(hold), smoothstep(np.linspace(1, 0, up))])
         forward = np.concatenate([np.sin(np.linspace(0, np.pi, down)), np.zeros(hold), np.sin(np.linspace(0, np.pi, up))])
         for side in ("left", "right"):
             bend(seg.E, side, rad(88) * depth, rad(88) * depth)
@@ -865,8 +868,12 @@ def make_clip(rng, max_frames=120, min_frames=40):
 
 def write_dataset(out, n_motions, seed):
     """Write n_motions clips and their mirrors (M-prefixed) in HumanML3D's layout, with an
-    80 / 5 / 15 train / val / test split by clip (a clip and its mirror share a split)."""
-    t0 = time.time()
+    80 / 5 / 15 train / val / test split by clip (a clip and its mirror share a split). The folder is
+    built as <out>.partial and moved into place at the end: an interrupted run leaves nothing at `out`."""
+    if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)):
+        raise data.InputError(f"--out {out}: exists and is not an empty folder; give a new one (nothing was written)")
+    t0, final, out = time.time(), out, out.rstrip("/") + ".partial"
+    shutil.rmtree(out, ignore_errors=True)
     for sub in ("new_joint_vecs", "new_joints", "texts"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     seeds = np.random.SeedSequence(seed).spawn(n_motions)       # clip i depends only on (seed, i)
@@ -876,7 +883,7 @@ def write_dataset(out, n_motions, seed):
     for rank, i in enumerate(order):
         split_of[i] = "test" if rank < 0.15 * n_motions else "val" if rank < 0.20 * n_motions else "train"
     splits = {"train": [], "val": [], "test": []}
-    for i in tqdm(range(n_motions), desc=f"synth {out}", unit="clip"):
+    for i in tqdm(range(n_motions), desc=f"synth {final}", unit="clip"):
         clip = make_clip(np.random.default_rng(seeds[i]))
         joints, lines = clip["joints"], clip["lines"]
         for name, jts, text in ((f"{i:06d}", joints, lines),
@@ -897,4 +904,7 @@ def write_dataset(out, n_motions, seed):
     for split, ns in list(splits.items()) + [("all", names)]:
         with open(os.path.join(out, f"{split}.txt"), "w") as f:
             f.write("\n".join(ns) + "\n")
-    print(f"wrote {len(names)} clips ({n_motions} + mirrors) to {out} in {time.time() - t0:.1f}s")
+    if os.path.isdir(final):
+        os.rmdir(final)                                             # empty (checked above)
+    os.replace(out, final)
+    print(f"wrote {len(names)} clips ({n_motions} + mirrors) to {final} in {time.time() - t0:.1f}s")

@@ -96,11 +96,14 @@ def main():
         raise data.InputError("give --joints FILE, or --data DIR with --name CLIP")
     if not os.path.isfile(path):
         raise data.InputError(f"{path}: joints file not found")
-    joints = np.load(path)
+    try:
+        joints = np.load(path)
+    except Exception as e:  # a truncated or foreign file
+        raise data.InputError(f"{path}: cannot read ({e})") from None
     if joints.ndim == 4:
         joints = joints[0]
-    if joints.ndim != 3 or joints.shape[-1] != 3:
-        raise data.InputError(f"{path}: expected (frames, joints, 3), got {joints.shape}")
+    if joints.ndim != 3 or joints.shape[-1] != 3 or joints.shape[1] not in (22, 21):
+        raise data.InputError(f"{path}: expected (frames, 22 or 21 joints, 3) (HumanML3D or KIT-ML), got {joints.shape}")
     skel = data.HUMANML3D if joints.shape[1] == 22 else data.KIT
     if a.out.endswith(".gif"):
         animate([joints], [title], a.out, skel)

@@ -180,17 +180,51 @@ def test_bad_inputs_name_the_file(tiny_data, tmp_path):
     np.save(clip, np.zeros((60, 263), np.float32))
 
     txt = os.path.join(d, "texts", f"{name}.txt")
-    with open(txt, "a") as f:
-        f.write("a person walks#a/DET person/NOUN\n")                     # malformed caption line
+    good = open(txt, "rb").read()
+    with open(txt, "ab") as f:
+        f.write(b"a person walks \xff#a/DET person/NOUN#0.0#0.0\n")        # not UTF-8
+    with pytest.raises(data.DataError, match=rf"{name}\.txt: not UTF-8 text"):
+        data.MotionTextDataset(d, "train")
+    with open(txt, "wb") as f:
+        f.write(good + b"a person walks#a/DET person/NOUN\n")              # malformed caption line
     with pytest.raises(data.DataError, match=rf"{name}\.txt:\d+: malformed caption line"):
         data.MotionTextDataset(d, "train")
 
     open(os.path.join(d, "val.txt"), "w").close()                        # empty split
     with pytest.raises(data.DataError, match=r"val\.txt: split is empty"):
         data.MotionTextDataset(d, "val")
+    with open(os.path.join(d, "Std.npy"), "w") as f:
+        f.write("garbage")                                                # not a .npy
+    with pytest.raises(data.DataError, match=r"Std\.npy: cannot read"):
+        data.MotionTextDataset(d, "test")
     os.remove(os.path.join(d, "Std.npy"))
     with pytest.raises(data.DataError, match=r"Std\.npy: normalisation statistics not found"):
         data.MotionTextDataset(d, "test")
+    open(tmp_path / "empty.pt", "w").close()
+    with pytest.raises(data.CheckpointError, match=r"empty\.pt: corrupt or truncated checkpoint"):
+        data.load_checkpoint(str(tmp_path / "empty.pt"))
+    with pytest.raises(data.InputError, match="--device 'gpu'"):
+        data.pick_device("gpu")
+
+
+def test_synth_writes_all_or_nothing(tmp_path, monkeypatch):
+    """A non-empty --out is refused before anything is written; a run killed half-way leaves no dataset."""
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep")
+    with pytest.raises(data.InputError, match="full: exists and is not an empty folder"):
+        synth.write_dataset(str(tmp_path / "full"), 4, seed=0)
+    assert os.listdir(tmp_path / "full") == ["mine.txt"]
+    real, calls = synth.make_clip, []
+
+    def dies_on_the_third(rng):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(rng)
+    monkeypatch.setattr(synth, "make_clip", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        synth.write_dataset(str(tmp_path / "new"), 4, seed=0)
+    assert not (tmp_path / "new").exists()
 
 
 def test_short_clips_are_skipped_with_one_warning(tiny_data, tmp_path):
@@ -208,6 +242,9 @@ def test_cli_errors_exit_2(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "synth", "--out", str(tmp_path / "x"),
                         "--motions", "3"], capture_output=True, text=True)
     assert r.returncode == 2 and "--motions 3" in r.stderr
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "synth", "--out", str(tmp_path / "x"),
+                        "--seed", "-1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--seed -1: must be >= 0" in r.stderr and not (tmp_path / "x").exists()
 
 
 def test_caption_lines_round_trip_and_verbs_inflect_by_rule():
