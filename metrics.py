@@ -42,6 +42,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
@@ -228,7 +229,11 @@ def euclidean(a, b):
 def item_ranks(text, motion, rng, group=32):
     """Shuffle, split into groups of 32 (last partial group dropped), rank the 32 motions for each text.
     -> per item: how many motions of its group beat the true one (-1 if dropped), and the true-pair
-    distance (NaN if dropped). A set smaller than 32 is one group."""
+    distance (NaN if dropped). A set smaller than 32 is one group, with a warning: its R-Precision is
+    not the groups-of-32 protocol's (chance is 1/len, not 1/32)."""
+    if len(text) < group:
+        warnings.warn(f"R-Precision over {len(text)} items, fewer than a group of {group}: ranked in one group "
+                      f"of {len(text)}, not comparable with groups of {group}")
     group = min(group, len(text))
     idx = rng.permutation(len(text))[: len(text) // group * group].reshape(-1, group)
     rank, dist = np.full(len(text), -1), np.full(len(text), np.nan)

@@ -31,6 +31,8 @@ def test_r_precision_bounds():
     (r1, r2, r3), _ = metrics.r_precision(rng.normal(size=(6400, 16)), rng.normal(size=(6400, 16)), rng)
     for k, r in enumerate((r1, r2, r3), 1):                                  # random: about k / 32
         assert abs(r - k / 32) < 0.02
+    with pytest.warns(UserWarning, match="R-Precision over 8 items, fewer than a group of 32"):
+        metrics.r_precision(emb[:8], emb[:8], rng)                           # one group of 8: chance 1/8
 
 
 def test_diversity_and_multimodality():
@@ -87,6 +89,7 @@ def tiny_evaluator(tiny_data, tmp_path_factory):
     return metrics.load_evaluator(cfg.out)
 
 
+@pytest.mark.filterwarnings("ignore:R-Precision over")                     # tiny sets: one small group
 def test_tiny_evaluator_retrieves_above_chance(tiny_evaluator, tiny_data):
     real = metrics.evaluate_real(tiny_evaluator, tiny_data, replications=3, seed=0)
     assert real["R1"]["mean"] > 3 / 32                                        # chance is 1/32
@@ -158,6 +161,7 @@ def test_cluster_bootstrap_matches_the_closed_form_and_is_wider_than_the_iid_one
     assert [metrics.source_motion(n) for n in ("000041", "M000041", "M000041[20:80]")] == ["000041"] * 3
 
 
+@pytest.mark.filterwarnings("ignore:R-Precision over")                     # tiny sets: one small group
 def test_compare_is_paired_and_matches_evaluate(build_tiny, tiny_evaluator, tiny_data):
     """A generator against itself differs by exactly 0 on every resampling (the draws are shared),
     and each side's R1 is evaluate()'s mean over the same replications."""
@@ -170,6 +174,7 @@ def test_compare_is_paired_and_matches_evaluate(build_tiny, tiny_evaluator, tiny
     assert res["sources"] * 2 <= res["items"]                               # clips come with their mirrors
 
 
+@pytest.mark.filterwarnings("ignore:R-Precision over")                     # tiny sets: one small group
 def test_compare_counts_fixed_broken_and_what_a_second_model_cannot_see(build_tiny, tiny_evaluator, tiny_data):
     """fixed - broken is the change in hits; a second model that retrieves every item sees every 'gap'
     item (evaluator: real retrieved, a's sample not) as retrieved, one that retrieves none sees none.
