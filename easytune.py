@@ -8,7 +8,7 @@ through the T-step chain: the gradient for step t carries the product of Jacobia
 
     x_{t-1} = pi_theta(sg(x_t), t, c)                                     (Eq. 7)
     d x_{t-1} / d theta = d pi_theta(sg(x_t), t, c) / d theta             (Eq. 8, Corollary 2)
-    loss_t = -R_phi(x_t-dependent input, c), backward, clip, step w_t    (Eq. 6, 9)
+    loss_t = -R_phi(x_t-dependent input, c), backward, clip, step (lr w_t) (Eq. 6, 9; w_t: App. A.5)
 
 so each trained step is one update with the graph of that step only (O(1) memory, T updates per
 trajectory, no vanishing product). The reward at a step is Eq. 12:
