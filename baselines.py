@@ -239,13 +239,8 @@ def compare(ccfg: CompareConfig):
     for m in methods:
         if m not in METHODS:
             raise data.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
-    for name, ok in (("budget_min", ccfg.budget_min > 0), ("trajectories", ccfg.trajectories >= 0),
-                     ("val_checks", ccfg.val_checks >= 1), ("val_items", ccfg.val_items >= 1),
-                     ("drtune_k", ccfg.drtune_k >= 1), ("drtune_m", ccfg.drtune_m >= 1),
-                     ("replications", ccfg.replications >= 1)):
-        if not ok:
-            raise data.InputError(f"--{name.replace('_', '-')} {getattr(ccfg, name)}: must be "
-                                  f"{'>= 0' if name == 'trajectories' else '> 0'}")
+    data.check_ranges(ccfg, budget_min="> 0", trajectories=">= 0", val_checks=">= 1", val_items=">= 1",
+                      drtune_k=">= 1", drtune_m=">= 1", replications=">= 1")
     device = data.pick_device(ccfg.device)
     data.print_config(ccfg, "compare")
     et_cfg = easytune_config(ccfg)

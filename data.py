@@ -645,6 +645,20 @@ def add_config_args(parser: argparse.ArgumentParser, cfg_cls, skip=()):
                                 default=default, help=f"(default {default})")
 
 
+def check_ranges(cfg, **rules):
+    """Each field against its rule, ">= 1", "> 0", ">= 0" or (lo, hi) inclusive; the first that fails is an
+    InputError naming its flag, before any work (not a ZeroDivisionError minutes into a run)."""
+    for name, rule in rules.items():
+        v = getattr(cfg, name)
+        if isinstance(rule, tuple):
+            ok, want = rule[0] <= v <= rule[1], f"in {rule[0]}..{rule[1]}"
+        else:
+            op, bound = rule.split()
+            ok, want = (v > float(bound)) if op == ">" else (v >= float(bound)), rule
+        if not ok:
+            raise InputError(f"--{name.replace('_', '-')} {v}: must be {want}")
+
+
 def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
     """The destinations the command line set explicitly (even to their default value). argparse fills a
     default only where the namespace lacks the attribute, so a namespace pre-filled with a marker keeps the

@@ -336,7 +336,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
         data.atomic_save(models.generator_checkpoint(merged(gen), selected=None), best_path)  # until val improves
     gen.eval()
     touched = set(base["touched"])
-    bar = tqdm(range(start, max(start, end)), desc=f"easytune {cfg.method}", initial=start, total=cfg.trajectories,
+    bar = tqdm(range(start, end), desc=f"easytune {cfg.method}", initial=start, total=cfg.trajectories,
                mininterval=2)
     t0, traj = time.time() - elapsed, start - 1
     for traj in bar:
@@ -613,14 +613,9 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
         given = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
     fill = {**BACKBONE_DEFAULTS[cfg.backbone], **PRESETS[cfg.preset]}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in fill.items() if k not in given})
-    for name, ok, want in (("trajectories", cfg.trajectories >= 1, ">= 1"), ("val_every", cfg.val_every >= 1, ">= 1"),
-                           ("patience", cfg.patience >= 1, ">= 1"), ("replications", cfg.replications >= 1, ">= 1"),
-                           ("batch_size", cfg.batch_size >= 1, ">= 1"), ("lr", cfg.lr > 0, "> 0"),
-                           ("clip", cfg.clip > 0, "> 0"), ("kl_weight", cfg.kl_weight >= 0, ">= 0"),
-                           ("lora_rank", cfg.lora_rank >= 0, ">= 0 (0: full fine-tuning)"),
-                           ("sample_steps", 1 <= cfg.sample_steps <= 999, "in 1..999")):
-        if not ok:
-            raise data.InputError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {want}")
+    data.check_ranges(cfg, trajectories=">= 1", val_every=">= 1", patience=">= 1", replications=">= 1",
+                      batch_size=">= 1", lr="> 0", clip="> 0", kl_weight=">= 0", lora_rank=">= 0",
+                      sample_steps=(1, 999))
     trained_steps(cfg.train_steps, cfg.sample_steps, np.random.default_rng(0))          # validates the spec
     return cfg
 

@@ -181,18 +181,25 @@ def test_backbone_defaults_fill_only_what_was_not_given():
             cli("--backbone", "mld", flag, value)
 
 
+def val_gets_worse(monkeypatch):
+    """Each val check runs for real, then reports a reward worse than the last: nothing ever improves.
+    -> the list of calls so far."""
+    real_score, calls = easytune.val_score, []
+
+    def worse_each_time(*a, **k):
+        s = real_score(*a, **k)
+        calls.append(1)
+        return {**s, "val_reward": s["val_reward"] - len(calls)}
+    monkeypatch.setattr(easytune, "val_score", worse_each_time)
+    return calls
+
+
 def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(build_tiny, tiny_data, tmp_path,
                                                                               monkeypatch):
     read = []
     real_read = data.read_split
     monkeypatch.setattr(data, "read_split", lambda root, split: read.append(split) or real_read(root, split))
-    real_score, calls = easytune.val_score, []
-
-    def worse_each_time(*a, **k):                                  # the real val pass, then a worse reward
-        s = real_score(*a, **k)
-        calls.append(1)
-        return {**s, "val_reward": s["val_reward"] - len(calls)}
-    monkeypatch.setattr(easytune, "val_score", worse_each_time)
+    calls = val_gets_worse(monkeypatch)
     gen, reward = build_tiny("mdm")
     before = {k: v.clone() for k, v in gen.state_dict().items()}
     cfg = easytune.resolve(easytune.EasyTuneConfig(backbone="mdm", preset="tiny", trajectories=2, val_every=1,
@@ -290,13 +297,7 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
         build_tiny, tiny_data, tmp_path, monkeypatch):
     """--resume of a run that stopped early trains nothing more; a run started afresh never leaves the previous
     run's last.pt to be resumed into it; a CPU run does not continue a CUDA run's noise draws."""
-    real_score, calls = easytune.val_score, []
-
-    def worse_each_time(*a, **k):
-        s = real_score(*a, **k)
-        calls.append(1)
-        return {**s, "val_reward": s["val_reward"] - len(calls)}
-    monkeypatch.setattr(easytune, "val_score", worse_each_time)
+    val_gets_worse(monkeypatch)
     cfg = easytune.resolve(easytune.EasyTuneConfig(backbone="mdm", preset="tiny", trajectories=4, val_every=1,
                                                    patience=1, batch_size=4, sample_steps=3))
     log, last = tmp_path / "log.jsonl", tmp_path / "last.pt"
