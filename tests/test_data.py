@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import captions
 import data
 import synth
 
@@ -108,7 +109,7 @@ def test_every_phrase_word_has_a_tag():
         for _ in range(50):
             for form in ("3sg", "ing", "base"):
                 for phrase in prim.phrases(prim.sample(rng)):
-                    synth.render(phrase, form, "their")                    # raises on an untagged word
+                    captions.render(phrase, form, "their")                    # raises on an untagged word
 
 
 def test_generation_is_deterministic(tmp_path):
@@ -248,14 +249,14 @@ def test_cli_errors_exit_2(tmp_path):
 
 
 def test_caption_lines_round_trip_and_verbs_inflect_by_rule():
-    words = synth.words_of("a person") + synth.render(("sit", "down and <stand> up"), "3sg", "their") + [","] \
-        + synth.words_of("then") + synth.render(("wave", "the left hand"), "3sg", "their")
+    words = captions.words_of("a person") + captions.render(("sit", "down and <stand> up"), "3sg", "their") + [","] \
+        + captions.words_of("then") + captions.render(("wave", "the left hand"), "3sg", "their")
     line = data.format_caption_line(words, 1.5, 3.0)
     assert line == ("a person sits down and stands up, then waves the left hand.#a/DET person/NOUN sit/VERB down/ADV "
                     "and/CCONJ stand/VERB up/ADV then/ADV wave/VERB the/DET left/ADJ hand/NOUN#1.5#3.0")
     caption, tokens, start, end = data.parse_caption_line(line, "test")
     assert (caption, start, end) == (line.split("#")[0], 1.5, 3.0)
     assert tokens == [f"{w[1]}/{w[2]}" for w in words if not isinstance(w, str)]
-    assert [synth.VERBS[v] for v in ("run", "squat", "wave", "punch", "wait", "do")] == [
+    assert [captions.VERBS[v] for v in ("run", "squat", "wave", "punch", "wait", "do")] == [
         ("runs", "running"), ("squats", "squatting"), ("waves", "waving"), ("punches", "punching"),
         ("waits", "waiting"), ("does", "doing")]
