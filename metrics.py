@@ -19,6 +19,8 @@ T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that proto
   compare()   two generators item by item on the same draws, with a 95% interval from resampling the
               split's source motions (not in the paper: its +/- covers replications, not which clips);
               with --reward, also how much of what the evaluator holds against a generator the reward can see.
+  probe()     on evaluate()'s draws: the real motions, their reconstructions through MLD's frozen VAE, the
+              samples, and the samples smoothed in time (where a generator loses to the data; not in the paper).
   Meters      SavedTensorMeter: peak bytes of tensors autograd keeps for backward (parameters excluded,
               shared storage counted once, frees tracked), identical on every device; cuda_peak_mib()
               for the allocator's view on a GPU.
@@ -34,6 +36,7 @@ Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evalu
       python metrics.py compare --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt \\
           --evaluator runs/synth/evaluator.pt --data data/synth [--reward runs/synth/reward.pt]
       python metrics.py stats --data data/synth --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt
+      python metrics.py probe --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth
 """
 from __future__ import annotations
 
@@ -310,7 +313,8 @@ def embed_split(evaluator, root, split, seed, device, batch_size=128, generators
     texts, the real motions, and, per generator, motions generated for the same captions and
     ground-truth lengths from the same noise (the whole split in one call, which denoises it in
     length-sorted chunks). -> text, real, [fake per generator]; keep: also (batch, real features,
-    [fake features]), un-normalised (N, T, 263), for a second scorer."""
+    [fake features], embed), the features un-normalised (N, T, 263), for a second scorer, and embed:
+    features (N, T, 263) -> evaluator embeddings, for other motions of the same items."""
     ds = data.MotionTextDataset(root, split, seed=seed)
     b = data.collate([ds[i] for i in range(len(ds))])
     lengths, mask = b["lengths"].to(device), b["mask"].to(device)[..., None]
@@ -323,7 +327,7 @@ def embed_split(evaluator, root, split, seed, device, batch_size=128, generators
     chunks = lambda f: torch.cat([f(i) for i in range(0, len(ds), batch_size)]).cpu().numpy().astype(np.float64)  # noqa: E731
     text = chunks(lambda i: evaluator.embed_text(b["tokens"][i:i + batch_size]))
     emb = lambda m: chunks(lambda i: evaluator.embed_motion(m[i:i + batch_size], lengths[i:i + batch_size]))  # noqa: E731
-    return (text, emb(real), [emb(f) for f in fakes]) + (((b, real, fakes),) if keep else ())
+    return (text, emb(real), [emb(f) for f in fakes]) + (((b, real, fakes, emb),) if keep else ())
 
 
 def evaluate_real(evaluator, root, replications=20, seed=0, device="cpu", split="test"):
@@ -400,7 +404,7 @@ def compare(gen_a, gen_b, evaluator, root, replications=3, seed=0, device="cpu",
     cols = np.zeros((len(names), 5))                                      # hits a, hits b, dist a, dist b, kept
     counts = defaultdict(int)
     for r in tqdm(range(replications), desc="compare", mininterval=2):
-        text, real, fakes, (b, real_feats, fake_feats) = embed_split(
+        text, real, fakes, (b, real_feats, fake_feats, _) = embed_split(
             evaluator, root, split, seed + r, device, generators=(gen_a, gen_b), gen_seed=seed * 1000 + r, keep=True)
         hit = []
         for j, fake in enumerate(fakes):
@@ -575,6 +579,49 @@ def stats_table(generators, root, split="val", items=128, steps=50, seed=0, devi
     return rows
 
 
+def smooth_in_time(feats, lengths, sigma):
+    """Gaussian low-pass along time (sigma in frames) over each clip's real frames; padding untouched.
+    feats (N, T, D) -> the same shape, float32 numpy."""
+    from scipy.ndimage import gaussian_filter1d
+    out = np.array(feats, dtype=np.float32)
+    for i, n in enumerate(np.asarray(lengths).tolist()):
+        out[i, :n] = gaussian_filter1d(out[i, :n], sigma, axis=0, mode="nearest")
+    return out
+
+
+@torch.no_grad()
+def probe(generator, evaluator, root, replications=3, seed=0, device="cpu", split="test", sigma=2.0):
+    """Where does a generator lose to the real motions? On evaluate()'s draws (the same captions, crops,
+    groups and noise, so "samples" is evaluate()'s row), R-P top-1/3, FID and MM-Dist of:
+      real              the split's motions (FID against themselves: 0);
+      reconstruction    decode(encode(x)) of the same motions through the generator's frozen VAE (the
+                        posterior mean; MLD only): what its latent space can express, since EasyTune
+                        tunes only the denoiser;
+      samples           the generator's samples;
+      samples smoothed  the same samples low-passed in time (Gaussian, sigma frames): does the evaluator
+                        object to their frame-to-frame roughness ("What the reward does not see")?
+    Not in the paper: a diagnostic of the MLD result; it trains and selects nothing."""
+    rows = defaultdict(lambda: defaultdict(list))
+    smoothed = f"samples smoothed (sigma {sigma:g})"
+    for r in tqdm(range(replications), desc="probe", mininterval=2):
+        text, real, (fake,), (b, real_x, (fake_x,), emb) = embed_split(
+            evaluator, root, split, seed + r, device, generators=[generator], gen_seed=seed * 1000 + r, keep=True)
+        lengths, mask = b["lengths"].to(device), b["mask"].to(device)
+        x_s = torch.as_tensor(smooth_in_time(fake_x.cpu().numpy(), lengths.cpu(), sigma), device=device)
+        cells = {"real": real, "samples": fake, smoothed: emb(x_s * mask[..., None])}
+        if hasattr(generator, "encode"):                                  # MLD: through its frozen VAE
+            x = (real_x - generator.mean) / generator.std * mask[..., None]                  # (N, T, 263)
+            z0 = generator.encode(x, mask)[0] * generator.latent_scale                       # (N, T/4, latent)
+            cells["reconstruction"] = emb((generator.decode(z0, mask) * generator.std + generator.mean)
+                                          * mask[..., None])
+        for name, e in cells.items():
+            (r1, _, r3), mmd = r_precision(text, e, np.random.default_rng(seed + r))  # evaluate()'s groups
+            for k, v in zip(("R1", "R3", "FID", "MMDist"), (r1, r3, 0.0 if e is real else fid(e, real), mmd)):
+                rows[name][k].append(v)
+    return {name: {k: confidence(v) for k, v in rows[name].items()}
+            for name in ("real", "reconstruction", "samples", smoothed) if name in rows}
+
+
 # -----------------------------------------------------------------------------
 
 
@@ -616,7 +663,18 @@ def main():
     st.add_argument("--split", default="val")
     st.add_argument("--items", type=int, default=128)
     st.add_argument("--device", default="auto")
+    pr = sub.add_parser("probe", help="real motions, the frozen VAE's reconstructions (MLD), samples, smoothed samples")
+    pr.add_argument("--generator", required=True)
+    pr.add_argument("--split", default="test", choices=("test", "val"))
+    pr.add_argument("--evaluator", required=True)
+    pr.add_argument("--data", required=True)
+    pr.add_argument("--replications", type=int, default=3)
+    pr.add_argument("--sigma", type=float, default=2.0, help="frames; the smoothing's Gaussian width")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--device", default="auto")
     a = p.parse_args()
+    rules = {"replications": ">= 1", "sigma": "> 0", "items": ">= 1", "steps": ">= 1", "probes": ">= 1"}
+    data.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
     if a.cmd == "train-evaluator":
         cfg = data.config_from_args(EvaluatorConfig, a)
         if cfg.preset not in EVALUATOR_PRESETS:
@@ -661,6 +719,15 @@ def main():
             print(f"  of the {n['gap']} items where the evaluator retrieves the real motion but not a's sample, the"
                   f" reward retrieves a's sample in {n['gap, second retrieves a']}"
                   f" ({100 * n['gap, second retrieves a'] / max(n['gap'], 1):.0f}%)")
+    elif a.cmd == "probe":
+        import models
+        device = data.pick_device(a.device)
+        t0 = time.time()
+        rows = probe(models.load_generator(a.generator, device), load_evaluator(a.evaluator, device), a.data,
+                     a.replications, a.seed, device, a.split, a.sigma)
+        for name, row in rows.items():
+            print(f"{name:>28}: " + "  ".join(f"{k} {v['mean']:.3f}±{v['ci']:.3f}" for k, v in row.items()))
+        print(f"({a.split} split, {a.replications} replications, {time.time() - t0:.0f}s)")
     elif a.cmd == "stats":
         rows = stats_table(a.generator, a.data, a.split, a.items, device=data.pick_device(a.device))
         parts = list(rows["real"])

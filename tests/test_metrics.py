@@ -1,5 +1,9 @@
 """metrics.py: the T2M metrics against closed forms, the saved-tensor memory meter on graphs whose
 saved bytes are known, and a tiny evaluator that retrieves real test pairs above chance."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +194,45 @@ def test_compare_counts_fixed_broken_and_what_a_second_model_cannot_see(build_ti
     assert n["fixed"] - n["broken"] == pytest.approx(res["all"]["R1_diff"]["value"] * n["kept"], abs=1e-9)
     assert n["gap"] > 0 and n["gap, second retrieves a"] == n["gap"]
     assert res["none"]["counts"]["gap, second retrieves a"] == 0 and res["none"]["counts"]["gap"] == n["gap"]
+
+
+def test_smoothing_in_time_keeps_a_ramp_and_the_padding_and_damps_jitter():
+    """A Gaussian low-pass leaves a linear ramp unchanged away from the clip's ends (the kernel is
+    symmetric), leaves padding frames alone, and shrinks frame-to-frame noise."""
+    T, n = 40, 30
+    ramp = np.tile(np.arange(T, dtype=np.float32)[:, None], (1, 3))
+    ramp[n:] = 99.0                                                          # padding after `n` real frames
+    jitter = np.random.default_rng(0).normal(size=(T, 3)).astype(np.float32)
+    out = metrics.smooth_in_time(np.stack([ramp, jitter]), [n, T], sigma=1.5)
+    assert np.allclose(out[0, 8:n - 8], ramp[8:n - 8], atol=1e-4) and (out[0, n:] == 99.0).all()
+    assert np.abs(np.diff(out[1], axis=0)).mean() < 0.5 * np.abs(np.diff(jitter, axis=0)).mean()
+
+
+@pytest.mark.filterwarnings("ignore:R-Precision over")                     # tiny sets: one small group
+def test_probe_rows_are_evaluates_and_an_identity_vae_reconstructs_the_real_row(build_tiny, tiny_evaluator,
+                                                                                tiny_data):
+    """probe() scores on evaluate()'s draws, so its "samples" row is evaluate()'s; through a VAE that
+    encodes and decodes exactly, the "reconstruction" row is the "real" row."""
+    gen, _ = build_tiny("mld")
+    decode, D = gen.decode, gen.mean.shape[0]
+    gen.encode = lambda x, mask: (x, torch.zeros_like(x))                  # an exact VAE for features (N, T, D),
+    gen.decode = lambda z, mask: (z / gen.latent_scale * mask[..., None] if z.shape[-1] == D
+                                  else decode(z, mask))                    # the real decoder for sampled latents
+    rows = metrics.probe(gen, tiny_evaluator, tiny_data, replications=2, seed=3)
+    row = metrics.evaluate(gen, tiny_evaluator, tiny_data, replications=2, seed=3)
+    for k in ("R1", "R3", "FID", "MMDist"):
+        assert rows["samples"][k]["mean"] == pytest.approx(row[k]["mean"], abs=1e-9)
+    assert rows["reconstruction"]["R1"] == rows["real"]["R1"]
+    assert rows["reconstruction"]["MMDist"]["mean"] == pytest.approx(rows["real"]["MMDist"]["mean"], rel=1e-5)
+    assert rows["reconstruction"]["FID"]["mean"] < 1e-3
+
+
+def test_metrics_cli_refuses_empty_counts_before_any_work(tmp_path):
+    """`eval --replications 0` printed empty rows (rc 0); now one line and exit 2, before a file is read."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "metrics.py")
+    for args, msg in ((["eval", "--generator", "g", "--evaluator", "e", "--data", "d", "--replications", "0"],
+                       "--replications 0: must be >= 1"),
+                      (["probe", "--generator", "g", "--evaluator", "e", "--data", "d", "--sigma", "0"],
+                       "--sigma 0.0: must be > 0")):
+        r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
