@@ -8,7 +8,8 @@ a verb form (3rd person, base, -ing), tags every word from a closed lexicon (an 
 error, so the tags never silently go wrong) and joins them with one of a few templates. data.py
 writes the result as a HumanML3D caption line.
 
-Run:  python data.py synth --out data/synth   (synth.py calls caption() for every clip)
+Run:  python captions.py        (the verbs and their forms, the lexicon by POS)
+      python synth.py --show 3   (captions as the benchmark writes them; caption() makes every one)
 """
 from __future__ import annotations
 
@@ -109,3 +110,21 @@ def caption(phrases, rng):
 def pick(options, rng):
     verb, rest = options[rng.integers(len(options))]
     return verb, " ".join(rest.split())
+
+
+def main():
+    """Print the closed vocabulary: each verb's forms by _forms's rules, then the tagged words by POS."""
+    import argparse
+    argparse.ArgumentParser(description="the benchmark's verbs with their inflections, and its lexicon by "
+                                        "part of speech (the captions themselves: python synth.py --show 3)").parse_args()
+    for lemma, (s, ing) in VERBS.items():
+        print(f"{lemma:>10} {s:>10} {ing:>12}" + ("   (irregular)" if lemma in IRREGULAR else ""))
+    by_pos = {}
+    for w, (lemma, pos) in LEXICON.items():
+        by_pos.setdefault(pos, []).append(w if w == lemma else f"{w}({lemma})")
+    for pos, ws in by_pos.items():
+        print(f"{pos}: {' '.join(ws)}")
+
+
+if __name__ == "__main__":
+    main()

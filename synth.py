@@ -18,7 +18,8 @@ How a clip is made:
      joints reflected (data.mirror_joints) with left/right swapped in the captions.
 Each primitive names itself in (verb, rest) phrases; captions.py inflects, tags and joins them.
 
-Run:  python data.py synth --out data/synth --motions 1600 --seed 0
+Run:  python data.py synth --out data/synth --motions 1600 --seed 0   (writes it; data.py checks it)
+      python synth.py --show 3 --seed 0                               (prints its first clips)
 """
 from __future__ import annotations
 
@@ -809,3 +810,25 @@ def write_dataset(out, n_motions, seed):
         os.rmdir(final)                                             # empty (checked above)
     os.replace(out, final)
     print(f"wrote {len(names)} clips ({n_motions} + mirrors) to {final} in {time.time() - t0:.1f}s")
+
+
+def main():
+    """Print a few clips as write_dataset makes them (clip i of --seed is the dataset's clip i):
+    the primitives, the length, each caption line in HumanML3D's format and the mirror's first line."""
+    import argparse
+    p = argparse.ArgumentParser(description="show what the benchmark's clips are made of (write one with "
+                                            "python data.py synth --out DIR)")
+    p.add_argument("--show", type=int, default=3, help="how many clips (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="the dataset's seed")
+    a = p.parse_args()
+    data.check_ranges(a, show=">= 1", seed=">= 0")
+    for i, s in enumerate(np.random.SeedSequence(a.seed).spawn(a.show)):
+        clip = make_clip(np.random.default_rng(s))
+        print(f"clip {i:06d}: {' + '.join(clip['primitives'])}, {len(clip['joints']) - 1} frames")
+        for line in clip["lines"]:
+            print(f"    {line}")
+        print(f"    mirror: {data.mirror_text(clip['lines'][0])}")
+
+
+if __name__ == "__main__":
+    data.cli(main)

@@ -260,3 +260,15 @@ def test_caption_lines_round_trip_and_verbs_inflect_by_rule():
     assert [captions.VERBS[v] for v in ("run", "squat", "wave", "punch", "wait", "do")] == [
         ("runs", "running"), ("squats", "squatting"), ("waves", "waving"), ("punches", "punching"),
         ("waits", "waiting"), ("does", "doing")]
+
+
+def test_synth_show_prints_the_written_clips(tiny_data):
+    """`python synth.py --show 2 --seed 0` prints clip i exactly as write_dataset wrote it (clip i depends
+    only on the seed and i)."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "synth.py"), "--show", "2", "--seed", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for i in range(2):
+        with open(os.path.join(tiny_data, "texts", f"{i:06d}.txt")) as f:
+            for line in f.read().split("\n"):
+                assert not line or f"    {line}\n" in r.stdout
