@@ -31,8 +31,9 @@ reward (mean val reward, with a reward-embedding FID as a guard); the evaluator 
 MLD's default adds the KL term of Eq. S1 (weight 100) at the paper's lr 1e-5; MDM's is lr 1e-6 for
 30 trajectories without it (both chosen on held-out data, never test; see BACKBONE_DEFAULTS). The reward is
 Eq. 11's similarity, as in the paper; a contrastive form is an option (see RewardFn). `--reward-model`
-swaps R_phi for another spl.py reward (e.g. the one before SPL) or, as a diagnostic, the second
-evaluator (never the test one; README, "A second evaluator as the reward"). App. A.5's step weight
+swaps R_phi for another spl.py reward (e.g. the one before SPL), for the mean of several
+(comma-separated; spl.RewardEnsemble, not in the paper; README, "A reward ensemble") or, as a diagnostic,
+the second evaluator (never the test one; README, "A second evaluator as the reward"). App. A.5's step weight
 w_t scales step t's learning rate, not its loss: clipping at 1.0 (most steps' gradients are larger)
 and AdamW's normalisation would undo a weight on the loss (see easytune_trajectory).
 
@@ -73,8 +74,9 @@ class EasyTuneConfig:
     method: str = "step"             # step | chain (Algorithm 1)
     reward_input: str = "noisy"      # noisy | x0 (Eq. 12); for MLD, val preferred noisy (top-1 +12.3% vs +7.2%, lr 3e-6)
     reward_form: str = "similarity"  # similarity: Eq. 11 | contrastive: log p(c | x) among training captions
-    reward_model: str = ""           # empty: runs/<dataset>/reward.pt (SPL); or another spl.py reward, or, as a
-                                     # diagnostic, a second metrics.py evaluator (never the test one)
+    reward_model: str = ""           # empty: runs/<dataset>/reward.pt (SPL); or another spl.py reward; or several,
+                                     # comma-separated: their mean (spl.RewardEnsemble); or, as a diagnostic, a
+                                     # second metrics.py evaluator (never the test one)
     train_steps: str = "all"         # all | last:K | first:K | random:K (drawn once per trajectory)
     weighting: str = "uniform"       # uniform | increasing | decreasing (App. A.5)
     guidance: float = -1.0           # CFG scale kept during fine-tuning; < 0: the backbone's (7.5 / 2.5)
@@ -134,6 +136,8 @@ class RewardFn:
             if form != "similarity":
                 raise data.InputError("--reward-form contrastive needs a spl.py reward, not an evaluator")
             self.tokens = caption_tokens(root)                             # the evaluator reads words + POS
+        if form != "similarity" and isinstance(reward, spl.RewardEnsemble):
+            raise data.InputError("--reward-form contrastive needs one spl.py reward, not an ensemble")
         if form == "similarity":
             self.bank = None
         elif isinstance(root, str):                                       # a dataset: 512 training captions
@@ -464,8 +468,14 @@ def prerequisites(cfg: EasyTuneConfig, device):
 
 
 def load_reward_model(path, test_evaluator, device):
-    """R_phi: a spl.py reward, or (a diagnostic) a metrics.py evaluator that is not the test evaluator
-    (compared by weights, so a renamed copy is refused too): the evaluator that reports never trains."""
+    """R_phi: a spl.py reward; several, comma-separated, as their mean (spl.RewardEnsemble); or (a
+    diagnostic) a metrics.py evaluator that is not the test evaluator (compared by weights, so a renamed
+    copy is refused too): the evaluator that reports never trains."""
+    if "," in path:
+        for p in path.split(","):
+            if data.load_checkpoint(p)["kind"] != "reward":
+                raise data.InputError(f"--reward-model {p}: an ensemble takes spl.py rewards only")
+        return spl.RewardEnsemble([spl.load_reward(p, device) for p in path.split(",")])
     kind = data.load_checkpoint(path)["kind"]
     if kind == "reward":
         return spl.load_reward(path, device)
@@ -536,7 +546,8 @@ def run(cfg: EasyTuneConfig):
     data.seed_everything(cfg.seed)
     data.print_config(cfg, "easytune")
     run_dir, root, report = prerequisites(cfg, device)
-    tag = cfg.backbone + (f"-{os.path.splitext(os.path.basename(cfg.reward_model))[0]}" if cfg.reward_model else "")
+    tag = cfg.backbone + ("-" + "+".join(os.path.splitext(os.path.basename(p))[0] for p in cfg.reward_model.split(","))
+                          if cfg.reward_model else "")
     gen_path = os.path.join(run_dir, f"{cfg.backbone}.pt")
     gen = models.load_generator(gen_path, device)
     reward = load_reward_model(cfg.reward_model or os.path.join(run_dir, "reward.pt"),

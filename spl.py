@@ -25,6 +25,8 @@ SPL (Alg. 2)      per batch, the batch is the retrieval pool: every caption scor
                   rows where retrieval succeeds (the paper's Q = (0.5, 0.5) with x_l = x_w, KL = 0)
                   keep the contrastive objective instead (App. B.4).
                   The failure ratio is logged per epoch (the paper aims at about 1:20).
+Ensemble          RewardEnsemble: the mean R_phi of rewards made by this recipe from other seeds (not in
+                  the paper; easytune.py --reward-model a.pt,b.pt,c.pt).
 
 Notation (code -> paper): R -> R_phi, tau -> tau, E_M / E_T -> motion_embed / text_embed,
 x_w / x_l -> winner / loser, P, Q -> P, Q, k -> k (top-k), alpha_bar -> \bar{alpha}_t.
@@ -298,6 +300,31 @@ def load_reward(path: str, device="cpu") -> Reward:
     model = Reward(RewardConfig(**ck["config"]), data.Vocab(ck["vocab"]), ck["dims"])
     data.load_state(model, ck["model"], path)
     return model.to(device).eval()
+
+
+class RewardEnsemble(nn.Module):
+    """R_phi = mean_k R_phi_k over rewards made by the same recipe from other seeds (not in the paper).
+    Fine-tuning against one retrieval model finds changes that model likes and another of the same
+    design need not (README, "A second evaluator as the reward"); the mean rewards only what the members
+    agree on. It stands in for a Reward where easytune.py needs one: forward (Eq. 11, averaged), and,
+    for the selection guard's reward-embedding FID, the first member's normalise and motion_embed."""
+
+    def __init__(self, members: list):
+        super().__init__()
+        first = members[0]
+        for m in members[1:]:
+            if m.vocab.itos != first.vocab.itos or not (torch.equal(m.mean, first.mean) and torch.equal(m.std, first.std)):
+                raise data.InputError("--reward-model: the rewards of an ensemble must be trained on one dataset")
+        self.members, self.vocab = nn.ModuleList(members), first.vocab
+
+    def forward(self, x, lengths, captions, alpha_bar=None):
+        return torch.stack([m(x, lengths, captions, alpha_bar) for m in self.members]).mean(0)   # (B,)
+
+    def normalise(self, feats):
+        return self.members[0].normalise(feats)
+
+    def motion_embed(self, x, lengths, alpha_bar=None):
+        return self.members[0].motion_embed(x, lengths, alpha_bar)
 
 
 # -----------------------------------------------------------------------------

@@ -293,6 +293,35 @@ def test_an_evaluator_as_the_reward_is_minus_its_distance_and_never_the_test_eva
         easytune.load_reward_model(str(tmp_path / "gen.pt"), test_path, "cpu")
 
 
+def test_a_reward_ensemble_is_the_mean_of_its_members(build_tiny, tiny_data, tmp_path):
+    """--reward-model a.pt,b.pt: R_phi is (R_a + R_b) / 2 at a noise level, computed here from each member
+    on its own; an evaluator among the members, members of another dataset and the contrastive form are
+    refused."""
+    gen, r_a = build_tiny("mld", seed=0)
+    _, r_b = build_tiny("mld", seed=1)
+    ck = lambda r: {"kind": "reward", "config": dataclasses.asdict(r.cfg), "vocab": r.vocab.itos,  # noqa: E731
+                    "dims": int(r.mean.shape[0]), "model": r.state_dict()}
+    a, b, ev, other = (str(tmp_path / n) for n in ("a.pt", "b.pt", "ev.pt", "other.pt"))
+    torch.save(ck(r_a), a), torch.save(ck(r_b), b), torch.save(_evaluator(tiny_data, seed=1)[1], ev)
+    ens = easytune.load_reward_model(f"{a},{b}", str(tmp_path / "test_evaluator.pt"), "cpu")
+    ds = data.MotionTextDataset(tiny_data, "val", deterministic=True)
+    batch = data.collate([ds[i] for i in range(4)])
+    x, ab = batch["motion"] * batch["mask"][..., None], torch.full((4,), 0.3)
+    r = easytune.RewardFn(ens, gen, tiny_data)(x, batch["lengths"], batch["captions"], ab)
+    each = [easytune.RewardFn(m, gen, tiny_data)(x, batch["lengths"], batch["captions"], ab) for m in (r_a, r_b)]
+    assert r.shape == (4,) and torch.allclose(r, (each[0] + each[1]) / 2, atol=1e-5)
+    assert not torch.allclose(each[0], each[1], atol=1e-3)                  # two different members
+    with pytest.raises(data.InputError, match="an ensemble takes spl.py rewards only"):
+        easytune.load_reward_model(f"{a},{ev}", str(tmp_path / "test_evaluator.pt"), "cpu")
+    moved = ck(r_b)
+    moved["model"] = {**moved["model"], "mean": moved["model"]["mean"] + 1}
+    torch.save(moved, other)
+    with pytest.raises(data.InputError, match="trained on one dataset"):
+        easytune.load_reward_model(f"{a},{other}", str(tmp_path / "test_evaluator.pt"), "cpu")
+    with pytest.raises(data.InputError, match="not an ensemble"):
+        easytune.RewardFn(ens, gen, tiny_data, "contrastive")
+
+
 def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_devices_do_not_mix(
         build_tiny, tiny_data, tmp_path, monkeypatch):
     """--resume of a run that stopped early trains nothing more; a run started afresh never leaves the previous
