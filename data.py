@@ -411,6 +411,14 @@ def read_text(path: str) -> list:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
+def read_npy(path: str) -> np.ndarray:
+    """A .npy array; a truncated or foreign file is a DataError naming it (not numpy's traceback)."""
+    try:
+        return np.load(path)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+
+
 def read_split(root: str, split: str) -> list:
     path = os.path.join(root, f"{split}.txt")
     if not os.path.isfile(path):
@@ -427,10 +435,7 @@ def load_stats(root: str) -> tuple:
         path = os.path.join(root, fname)
         if not os.path.isfile(path):
             raise DataError(f"{path}: normalisation statistics not found")
-        try:
-            a = np.load(path).astype(np.float32)
-        except Exception as e:  # a truncated or foreign file
-            raise DataError(f"{path}: cannot read ({e})") from None
+        a = read_npy(path).astype(np.float32)
         if a.ndim != 1:
             raise DataError(f"{path}: expected a vector, got shape {a.shape}")
         skeleton_for_dims(a.shape[0], path)
@@ -449,10 +454,7 @@ def load_clip(root: str, name: str, dims: int) -> np.ndarray:
     path = os.path.join(root, "new_joint_vecs", f"{name}.npy")
     if not os.path.isfile(path):
         raise DataError(f"{path}: clip listed in the split but its features are missing")
-    try:
-        x = np.load(path)
-    except Exception as e:  # a truncated or foreign file
-        raise DataError(f"{path}: cannot read ({e})") from None
+    x = read_npy(path)
     if x.ndim != 2 or x.shape[1] != dims:
         raise DataError(f"{path}: expected (frames, {dims}) features, got shape {x.shape}")
     bad = ~np.isfinite(x).all(1)
@@ -753,8 +755,7 @@ def main():
         import synth
         if args.motions < 20:                                       # val holds 5%: one clip from 20 on
             raise InputError(f"--motions {args.motions}: need at least 20 clips, so that val (5%) holds one")
-        if args.seed < 0:
-            raise InputError(f"--seed {args.seed}: must be >= 0")
+        check_ranges(args, seed=">= 0")
         synth.write_dataset(args.out, args.motions, args.seed)
     summary = check(args.out if args.cmd == "synth" else args.data)
     for k, v in summary.items():

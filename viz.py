@@ -96,10 +96,7 @@ def main():
         raise data.InputError("give --joints FILE, or --data DIR with --name CLIP")
     if not os.path.isfile(path):
         raise data.InputError(f"{path}: joints file not found")
-    try:
-        joints = np.load(path)
-    except Exception as e:  # a truncated or foreign file
-        raise data.InputError(f"{path}: cannot read ({e})") from None
+    joints = data.read_npy(path)
     if joints.ndim == 4:
         joints = joints[0]
     if joints.ndim != 3 or joints.shape[-1] != 3 or joints.shape[1] not in (22, 21):
