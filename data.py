@@ -349,12 +349,13 @@ def parse_caption_line(line: str, where: str) -> tuple:
         start, end = float(start or 0), float(end or 0)
     except ValueError:
         raise DataError(f"{where}: start/end must be numbers (seconds), got {parts[2]!r} and {parts[3]!r}")
+    start, end = (0.0 if math.isnan(v) else v for v in (start, end))    # T2M's loader: NaN reads as 0.0
     tokens = tokens.split()
     if any("/" not in t for t in tokens):
         raise DataError(f"{where}: tokens must be 'word/POS', got {parts[1][:60]!r}")
-    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < start:
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < 0:
         raise DataError(f"{where}: bad time span {start}..{end}")
-    return caption.strip(), tokens, start, end
+    return caption.strip(), tokens, start, end       # end < start: an empty piece, skipped by the loader as T2M's
 
 
 def format_caption_line(words: list, start: float = 0.0, end: float = 0.0) -> str:
@@ -435,7 +436,10 @@ def load_stats(root: str) -> tuple:
         path = os.path.join(root, fname)
         if not os.path.isfile(path):
             raise DataError(f"{path}: normalisation statistics not found")
-        a = read_npy(path).astype(np.float32)
+        try:
+            a = read_npy(path).astype(np.float32)
+        except (ValueError, TypeError):
+            raise DataError(f"{path}: expected numbers, got {read_npy(path).dtype}") from None
         if a.ndim != 1:
             raise DataError(f"{path}: expected a vector, got shape {a.shape}")
         skeleton_for_dims(a.shape[0], path)
@@ -478,7 +482,7 @@ class MotionTextDataset(torch.utils.data.Dataset):
 
     - Clips with min_len <= T < 200 frames are kept (40 for HumanML3D, 24 for KIT-ML); the others
       are skipped and counted in a single warning.
-    - A caption with a time span becomes its own item, motion[int(start*fps):int(end*fps)],
+    - A caption with a time span of a kept clip becomes its own item, motion[int(start*fps):int(end*fps)],
       if that piece passes the same filter.
     - Each fetch picks one caption at random and floors the length to a multiple of 4 frames
       (one time in three, one unit more, but never below min_len: a departure from T2M's loader,
@@ -498,9 +502,12 @@ class MotionTextDataset(torch.utils.data.Dataset):
         self.rng = np.random.default_rng(seed)
         self.items, skipped = [], 0    # item = (name, raw motion (T, D), [(caption, tokens)])
         for name in names if names is not None else read_split(root, split):
-            motion = load_clip(root, name, self.dims)
+            motion, caps = load_clip(root, name, self.dims), load_captions(root, name)
+            if not self.skel.min_len <= len(motion) < 200:        # the whole clip, its pieces too (as T2M's)
+                skipped += 1
+                continue
             whole = []
-            for caption, tokens, start, end in load_captions(root, name):
+            for caption, tokens, start, end in caps:
                 if start == 0 and end == 0:
                     whole.append((caption, tokens))
                     continue
@@ -510,10 +517,8 @@ class MotionTextDataset(torch.utils.data.Dataset):
                     self.items.append((f"{name}[{a}:{b}]", piece, [(caption, tokens)]))
                 else:
                     skipped += 1
-            if whole and self.skel.min_len <= len(motion) < 200:
+            if whole:
                 self.items.append((name, motion, whole))
-            elif whole:
-                skipped += 1
         if skipped:
             warnings.warn(f"{root} {split}: skipped {skipped} clips or captioned pieces outside "
                           f"{self.skel.min_len} <= frames < 200, as the HumanML3D loaders do", stacklevel=2)
@@ -677,6 +682,17 @@ def config_from_args(cfg_cls, args, **override):
     return cfg_cls(**values)
 
 
+def output_path(path: str, flag: str, suffixes: tuple = ()) -> str:
+    """Check an output path before any work (not after it): not a folder, one of the suffixes if given;
+    its folder is made. -> path."""
+    if os.path.isdir(path):
+        raise InputError(f"{flag} {path}: is a folder, give a file name")
+    if suffixes and not path.endswith(suffixes):
+        raise InputError(f"{flag} {path}: must end in {' or '.join(suffixes)}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return path
+
+
 def print_config(cfg, title: str = "config"):
     print(f"{title}: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), flush=True)
 
@@ -694,7 +710,7 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
     """Load a plain-dict checkpoint with weights_only=True; clear errors for a missing, corrupt or
     truncated file, or for a checkpoint of another kind (e.g. a reward where a generator was asked)."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: " + ("a folder, not a checkpoint" if os.path.isdir(path) else "checkpoint not found"))
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -705,6 +721,15 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
     if kind is not None and ck["kind"] != kind:
         raise CheckpointError(f"{path}: expected a '{kind}' checkpoint, got '{ck['kind']}'")
     return ck
+
+
+def check_same_dataset(root: str, path: str, module: torch.nn.Module):
+    """A generator, reward or evaluator carries its training folder's Mean; another folder's Mean means
+    another dataset, whose features and captions the model would read wrongly without a word."""
+    mean = load_stats(root)[0]
+    own = module.mean.detach().cpu().numpy()
+    if own.shape != mean.shape or not np.allclose(own, mean, rtol=1e-5, atol=1e-6):
+        raise InputError(f"{path}: trained on another dataset than {root} (its Mean.npy differs)")
 
 
 def load_state(module: torch.nn.Module, state: dict, path: str):

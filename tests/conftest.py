@@ -29,7 +29,8 @@ def sample_dir():
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    """80 synthetic clips + mirrors in HumanML3D's layout (the test split holds > 32 items)."""
+    """80 synthetic clips + mirrors in HumanML3D's layout: train 136, val 8, test 24 items (one R-Precision
+    group, smaller than 32)."""
     out = str(tmp_path_factory.mktemp("synth"))
     synth.write_dataset(out, 80, seed=0)
     return out

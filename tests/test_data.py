@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -138,8 +139,138 @@ def test_loader_items_and_batches(tiny_data):
     assert (batch["motion"][~batch["mask"]] == 0).all()
     raw = np.concatenate([m for _, m, _ in ds.items])
     z = ds.normalize(raw)
-    assert abs(z.mean()) < 0.5                                             # normalised with Mean/Std
+    mean, std = np.load(os.path.join(tiny_data, "Mean.npy")), np.load(os.path.join(tiny_data, "Std.npy"))
+    assert np.allclose(z, (raw - mean) / std, atol=1e-5)                   # normalised with the folder's Mean/Std
     assert np.allclose(ds.denormalize(z), raw, atol=1e-4)
+
+
+def _line(text, start=0.0, end=0.0):
+    """One HumanML3D caption line, 'caption#word/POS ...#start#end' (0.0#0.0: the whole clip)."""
+    return f"{text}#" + " ".join(f"{w}/NOUN" for w in text.split()) + f"#{start}#{end}"
+
+
+def _write_folder(root, clips, seed=0):
+    """A small HumanML3D-format folder from scratch: random 263-d features of the given lengths (far from
+    zero mean / unit std, so normalising shows), Mean.npy/Std.npy, texts, and train.txt = all.txt.
+    clips: {name: (frames, [caption lines])} -> root."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "new_joint_vecs"))
+    os.makedirs(os.path.join(root, "texts"))
+    np.save(os.path.join(root, "Mean.npy"), rng.normal(2.0, 1.0, 263).astype(np.float32))
+    np.save(os.path.join(root, "Std.npy"), rng.uniform(0.5, 3.0, 263).astype(np.float32))
+    for name, (frames, lines) in clips.items():
+        np.save(os.path.join(root, "new_joint_vecs", f"{name}.npy"),
+                rng.normal(2.0, 3.0, (frames, 263)).astype(np.float32))
+        with open(os.path.join(root, "texts", f"{name}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    for split in ("train", "all"):
+        with open(os.path.join(root, f"{split}.txt"), "w") as f:
+            f.write("\n".join(clips) + "\n")
+    return str(root)
+
+
+def _normalised(root, name):
+    """(raw - Mean) / Std of one clip, read with numpy alone."""
+    raw = np.load(os.path.join(root, "new_joint_vecs", f"{name}.npy"))
+    return (raw - np.load(os.path.join(root, "Mean.npy"))) / np.load(os.path.join(root, "Std.npy"))
+
+
+def _by_caption(ds):
+    return {item["caption"]: item for item in (ds[i] for i in range(len(ds)))}
+
+
+def test_deterministic_item_is_the_whole_normalised_clip_floored_to_4_frames(tmp_path):
+    """deterministic=True: the first caption and (raw[:T] - Mean) / Std with T = len // 4 * 4 (T2M's
+    unit_length 4; a 199-frame clip gives 196 = max_motion_length)."""
+    root = _write_folder(tmp_path / "d", {"000001": (150, [_line("a person walks"), _line("someone walks")]),
+                                          "000002": (41, [_line("a person jumps"), _line("someone jumps")]),
+                                          "000003": (199, [_line("a person sits"), _line("someone sits")])})
+    ds = data.MotionTextDataset(root, "train", deterministic=True)
+    assert len(ds) == 3
+    expected = {"000001": (148, "a person walks"), "000002": (40, "a person jumps"), "000003": (196, "a person sits")}
+    for i in range(3):
+        item = ds[i]
+        T, caption = expected[item["name"]]
+        assert item["length"] == T and item["motion"].shape == (T, 263) and item["caption"] == caption
+        assert np.allclose(item["motion"].numpy(), _normalised(root, item["name"])[:T], atol=1e-5)
+
+
+def test_random_item_is_a_contiguous_window_of_the_normalised_clip(tmp_path):
+    """deterministic=False (T2M's training crop): length floored to 4 frames, one unit shorter one time in
+    three but never under 40, taken as a window z[s:s+L] of the normalised clip at a random start s."""
+    root = _write_folder(tmp_path / "d", {"000001": (150, [_line("a person walks"), _line("someone walks")]),
+                                          "000002": (41, [_line("a person jumps")])})
+    ds = data.MotionTextDataset(root, "train", seed=0)
+    allowed = {"000001": {148, 144}, "000002": {40}}
+    for i in range(2):
+        name = ds[i]["name"]
+        z = _normalised(root, name)
+        lengths, starts = set(), set()
+        for _ in range(30):
+            item = ds[i]
+            x, L = item["motion"].numpy(), item["length"]
+            assert x.shape == (L, 263) and L in allowed[name]
+            s = [s for s in range(len(z) - L + 1) if np.allclose(x, z[s:s + L], atol=1e-5)]
+            assert s, f"{name}: a {L}-frame item is no window of the normalised clip"
+            lengths.add(L), starts.add(s[0])
+        assert lengths == allowed[name]                                   # both lengths happen
+        if name == "000001":
+            assert len(starts) > 1                                        # the start is drawn
+
+
+def test_span_captions_become_their_own_items(tmp_path):
+    """A caption 'text#tokens#start#end' (not 0#0) is its own item motion[int(start*20):int(end*20)] if
+    40 <= len < 200 (HumanML3D, 20 fps): 1.03..3.49 s -> frames 20:69 (floored to 48), 2.0..4.0 s ->
+    40:80 (kept at exactly 40), 1.0..2.95 s -> 20:59 (39 frames: skipped and counted)."""
+    root = _write_folder(tmp_path / "d", {"000001": (150, [
+        _line("a person walks"), _line("a person waves", 1.03, 3.49), _line("a person bows", 2.0, 4.0),
+        _line("a person kicks", 1.0, 2.95)])})
+    with pytest.warns(UserWarning, match=r"skipped 1 clips"):
+        ds = data.MotionTextDataset(root, "train", deterministic=True)
+    items, z = _by_caption(ds), _normalised(root, "000001")
+    assert sorted(items) == ["a person bows", "a person walks", "a person waves"]
+    for caption, window in (("a person walks", z[0:148]), ("a person waves", z[20:68]), ("a person bows", z[40:80])):
+        assert items[caption]["motion"].shape == window.shape, caption
+        assert np.allclose(items[caption]["motion"].numpy(), window, atol=1e-5), caption
+
+
+def test_clips_outside_40_to_200_frames_are_skipped_with_their_span_captions(tmp_path):
+    """T2M's loader drops a clip with T < 40 or T >= 200 before reading its captions: its span captions
+    go too, even a span that alone would fit (counted once per clip in the warning)."""
+    root = _write_folder(tmp_path / "d", {
+        "000001": (39, [_line("a person hops")]),
+        "000002": (40, [_line("a person bows")]),
+        "000003": (199, [_line("a person sits")]),
+        "000004": (200, [_line("a person runs"), _line("a person stops", 1.0, 4.0)]),
+        "000005": (240, [_line("a person dances"), _line("a person spins", 1.0, 5.0)])})
+    with pytest.warns(UserWarning, match=r"skipped 3 clips"):
+        ds = data.MotionTextDataset(root, "train", deterministic=True)
+    assert sorted(_by_caption(ds)) == ["a person bows", "a person sits"]
+
+
+def test_nan_span_reads_as_zero(tmp_path):
+    """HumanML3D has 'nan' start/end; T2M's loader reads NaN as 0.0: nan#nan is a whole-clip caption and
+    nan#2.5 is the span 0.0..2.5 s -> frames 0:50 (floored to 48)."""
+    line = _line("a person walks", "nan", "nan")
+    assert data.parse_caption_line(line, "t")[2:] == (0.0, 0.0)
+    root = _write_folder(tmp_path / "d", {"000001": (150, [line, _line("a person waves", "nan", 2.5)])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                    # nothing skipped
+        ds = data.MotionTextDataset(root, "train", deterministic=True)
+    items, z = _by_caption(ds), _normalised(root, "000001")
+    assert sorted(items) == ["a person walks", "a person waves"]
+    assert np.allclose(items["a person walks"]["motion"].numpy(), z[:148], atol=1e-5)
+    assert np.allclose(items["a person waves"]["motion"].numpy(), z[0:48], atol=1e-5)
+
+
+def test_span_ending_before_it_starts_is_an_empty_piece_skipped(tmp_path):
+    """end < start (3.0..1.0 s) cuts motion[60:20], an empty piece: skipped and counted in the warning, as
+    T2M's loader does, not an error; the clip's whole-clip caption stays."""
+    root = _write_folder(tmp_path / "d", {"000001": (150, [_line("a person walks"),
+                                                           _line("a person waves", 3.0, 1.0)])})
+    with pytest.warns(UserWarning, match=r"skipped 1 clips"):
+        ds = data.MotionTextDataset(root, "train", deterministic=True)
+    assert sorted(_by_caption(ds)) == ["a person walks"]
 
 
 def test_vocab_is_deterministic_and_maps_unknown_words(tiny_data):
