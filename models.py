@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -62,7 +63,8 @@ def make_betas(schedule: str, T: int = 1000) -> torch.Tensor:
 
 class DDIMScheduler:
     """DDIM (Song et al. 2021, Eq. 12) with diffusers' conventions: set_timesteps(T) makes the
-    'leading' grid t = 1000/T * (T-1 .. 0) + steps_offset (981, 961, ..., 1 for T = 50);
+    'leading' grid t = (1000 // T) * (T-1 .. 0) + steps_offset (981, 961, ..., 1 for T = 50; the integer
+    ratio makes a grid of more than 500 steps start well below 999, as diffusers' does: 600 at T = 600);
     step(...) -> (x_{t-1}, x0_hat). eta = 0 is the ODE sampler of the paper's Eq. 2; eta = 1 is
     DDPM ancestral sampling on the respaced grid (an SDE). Timesteps may differ per sample."""
 
@@ -539,10 +541,11 @@ def load_generator(path: str, device="cpu") -> Backbone:
     ck = data.load_checkpoint(path, "generator")
     try:
         cfg = ModelConfig(**ck["model_config"])
-    except TypeError as e:
-        raise data.CheckpointError(f"{path}: model config does not match this code ({e})") from None
-    model = build_model(cfg, data.Vocab(ck["vocab"]), int(ck["dims"]))
-    model.mean, model.std = ck["model"]["mean"], ck["model"]["std"]  # size the statistics buffers first
+        model = build_model(cfg, data.Vocab(ck["vocab"]), int(ck["dims"]))
+        model.mean, model.std = ck["model"]["mean"], ck["model"]["std"]  # size the statistics buffers first
+    except (TypeError, KeyError) as e:
+        raise data.CheckpointError(f"{path}: incomplete, or its model config does not match this code "
+                                   f"({type(e).__name__}: {e})") from None
     data.load_state(model, ck["model"], path)
     return model.to(device).eval()
 
@@ -579,12 +582,17 @@ def train(tc: TrainConfig) -> Backbone:
     mc = model_config(tc.backbone, tc.preset)
     train_set = data.MotionTextDataset(tc.data, "train", seed=tc.seed)
     val_set = data.MotionTextDataset(tc.data, "val", seed=tc.seed + 1, deterministic=True)
+    if tc.batch_size > len(train_set):                                   # drop_last would leave no batch
+        raise data.InputError(f"--batch-size {tc.batch_size}: more than the {len(train_set)} training items of "
+                              f"{tc.data}")
     vocab = data.build_vocab(tc.data)
     model = build_model(mc, vocab, train_set.dims).to(device)
     model.mean, model.std = torch.tensor(train_set.mean, device=device), torch.tensor(train_set.std, device=device)
     val_batches = [to_device(b, device) for b in data.loader(val_set, tc.batch_size, shuffle=False)][:4]
     stages = ([("vae", tc.vae_steps)] if mc.backbone == "mld" else []) + [("denoiser", tc.steps)]
-    start_stage, start_step, opt_state, log = 0, 0, None, []
+    if mc.backbone == "mld" and tc.vae_steps == 0 and not tc.resume:
+        print("warning: --vae-steps 0: the denoiser learns the latents of an untrained VAE (a timing run, not a model)")
+    start_stage, start_step, opt_state, log, data_rng = 0, 0, None, [], None
     if tc.resume and os.path.isfile(tc.out):
         ck = data.load_checkpoint(tc.out, "generator")
         if ck["model_config"] != dataclasses.asdict(mc):
@@ -593,6 +601,7 @@ def train(tc: TrainConfig) -> Backbone:
         data.load_state(model, ck["model"], tc.out)
         start_stage, start_step, opt_state, log = ck["stage"], ck["step"], ck["optimizer"], ck["log"]
         torch.set_rng_state(ck["rng"])
+        data_rng = ck.get("data_rng")                                     # crops and captions of the next batches
         if device.type == "cuda" and ck.get("cuda_rng") is not None:        # the draws that matter on a GPU
             torch.cuda.set_rng_state(ck["cuda_rng"], device)
         print(f"resumed {tc.out} at stage {stages[min(start_stage, len(stages) - 1)][0]} step {start_step}")
@@ -615,7 +624,14 @@ def train(tc: TrainConfig) -> Backbone:
             opt.load_state_dict(opt_state)                                # holds the lr of the resumed step
             sched.last_epoch = step
         model.train()
-        batches = iter(())
+        batches, per_epoch = iter(()), len(train_set) // tc.batch_size
+        if step % per_epoch:                  # resumed mid-epoch: the epoch's own order, the batches done skipped
+            epoch = step - step % per_epoch
+            batches = iter(data.loader(train_set, tc.batch_size, shuffle=True, seed=tc.seed + epoch, drop_last=True))
+            for _ in range(step % per_epoch):
+                next(batches)
+        if data_rng is not None and si == start_stage:                    # then the crops the run would draw next
+            train_set.rng.bit_generator.state = data_rng
         bar = tqdm(range(step, n_steps), desc=f"{mc.backbone} {stage}", initial=step, total=n_steps, mininterval=2)
         for step in bar:
             # 1) batch  2) forward + loss  3) backward, clip, step  4) eval / checkpoint
@@ -644,6 +660,7 @@ def train(tc: TrainConfig) -> Backbone:
                 nxt = (si + 1, 0) if last else (si, step + 1)
                 data.atomic_save(generator_checkpoint(model, tc, stage=nxt[0], step=nxt[1], optimizer=None if last
                                  else opt.state_dict(), rng=torch.get_rng_state(), log=log, done=done,
+                                 data_rng=train_set.rng.bit_generator.state,
                                  cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None), tc.out)
         opt_state = None
     print(f"trained {mc.backbone} in {time.time() - t0:.0f}s -> {tc.out}")
@@ -687,22 +704,30 @@ def main():
     s.add_argument("--guidance", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
-    a = p.parse_args()
+    argv = sys.argv[1:]
+    a = p.parse_args(argv)
     if a.cmd == "train":
         tc = data.config_from_args(TrainConfig, a)
-        mc_over, tc_over = PRESETS.get(tc.preset, ({}, {}))
         model_config(tc.backbone, tc.preset)                              # validates backbone and preset
-        defaults = TrainConfig()
-        for k, v in tc_over.items():                                      # a preset changes only unset flags
-            if getattr(tc, k) == getattr(defaults, k):
-                setattr(tc, k, v)
+        given = data.given_flags(t, argv[1:])                            # a flag given wins, even at its default
+        tc = dataclasses.replace(tc, **{k: v for k, v in PRESETS[tc.preset][1].items() if k not in given})
+        data.check_ranges(tc, vae_steps=">= 0", steps=">= 1", batch_size=">= 1", lr="> 0", weight_decay=">= 0",
+                          eval_every=">= 1", ckpt_every=">= 1", seed=">= 0")
         if not os.path.isdir(tc.data):
             raise data.InputError(f"--data {tc.data}: folder not found (make one with python data.py synth)")
+        data.output_path(tc.out, "--out")
         train(tc)
     else:
+        data.check_ranges(a, seconds="> 0", seed=">= 0", **({"steps": ">= 1"} if a.steps is not None else {}),
+                          **({"guidance": ">= 0"} if a.guidance is not None else {}))
+        for flag, v in (("--seconds", a.seconds), ("--guidance", a.guidance)):
+            if v is not None and not math.isfinite(v):
+                raise data.InputError(f"{flag} {v}: must be finite")
+        data.output_path(a.out, "--out", (".npy",))
         device = data.pick_device(a.device)
         model = load_generator(a.ckpt, device)
-        frames = int(round(a.seconds * 20 / model.cfg.patch)) * model.cfg.patch
+        fps = data.skeleton_for_dims(int(model.mean.shape[0])).fps          # 20 (HumanML3D) or 12.5 (KIT-ML)
+        frames = int(round(a.seconds * fps / model.cfg.patch)) * model.cfg.patch
         if not model.cfg.patch <= frames <= model.cfg.max_frames:
             raise data.InputError(f"--seconds {a.seconds}: must give 1..{model.cfg.max_frames} frames")
         g = torch.Generator(device=device).manual_seed(a.seed)

@@ -35,23 +35,69 @@ def test_schedules_match_published_values():
         s.set_timesteps(1000)
 
 
+def ddim_step_np(ab, t, ab_prev, x_t, out, pred, eta, z):
+    """DDIM (Song et al. 2021, Eqs. 12 and 16) in float64 numpy, written from the paper:
+    x_{t-1} = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev). -> (x_{t-1}, x0)."""
+    a = ab[t]
+    if pred == "epsilon":
+        x0, eps = (x_t - np.sqrt(1 - a) * out) / np.sqrt(a), out
+    else:
+        x0, eps = out, (x_t - np.sqrt(a) * out) / np.sqrt(1 - a)
+    sigma = eta * np.sqrt((1 - ab_prev) / (1 - a)) * np.sqrt(1 - a / ab_prev)
+    return np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev - sigma ** 2) * eps + sigma * z, x0
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("kind,pred", [("scaled_linear", "epsilon"), ("cosine", "sample")])
-def test_ddim_step_is_the_closed_form(kind, pred):
-    ab = alpha_bar_np(kind)
+def test_ddim_step_is_the_closed_form(kind, pred, eta):
+    """One DDIM step (x_{t-1} and x0_hat) equals the paper's formula for eps- and x0-prediction, eta in
+    {0, 0.5, 1}, the noise z given explicitly, on the 50-step grid 981..1: previous index t - 20, and
+    at the last step (t = 1) alpha_bar_prev = alpha_bar[0] (diffusers' set_alpha_to_one=False, MLD's
+    config). Scalar t and a batch of per-sample t must both agree."""
+    ab = alpha_bar_np(kind).astype(np.float32).astype(np.float64)      # float32 like diffusers' alphas_cumprod
     s = models.DDIMScheduler(kind, pred)
     s.set_timesteps(50)
     g = torch.Generator().manual_seed(0)
-    x_t, out = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
-    t = 481
-    x_prev, x0 = s.step(out, t, x_t)
-    a, a_prev = ab[t], ab[t - 20]
-    xt, o = x_t.double().numpy(), out.double().numpy()
-    if pred == "epsilon":
-        x0_ref, eps = (xt - np.sqrt(1 - a) * o) / np.sqrt(a), o
-    else:
-        x0_ref, eps = o, (xt - np.sqrt(a) * o) / np.sqrt(1 - a)
-    assert np.allclose(x0.numpy(), x0_ref, atol=1e-4)
-    assert np.allclose(x_prev.numpy(), np.sqrt(a_prev) * x0_ref + np.sqrt(1 - a_prev) * eps, atol=1e-4)
+    ts = [981, 481, 21, 1]                                                # 21 -> 1, and the last step 1 -> final
+    x_t, out, z = (torch.randn(len(ts), 5, generator=g) for _ in range(3))
+    xt, o, zz = (v.double().numpy() for v in (x_t, out, z))
+    refs = [ddim_step_np(ab, t, ab[t - 20] if t >= 20 else ab[0], xt[i], o[i], pred, eta, zz[i])
+            for i, t in enumerate(ts)]
+    for i, t in enumerate(ts):
+        x_prev, x0 = s.step(out[i:i + 1], t, x_t[i:i + 1], eta=eta, noise=z[i:i + 1])
+        assert np.allclose(x0[0].numpy(), refs[i][1], rtol=1e-4, atol=1e-4), t
+        assert np.allclose(x_prev[0].numpy(), refs[i][0], rtol=1e-4, atol=1e-4), t
+    x_prev, x0 = s.step(out, torch.tensor(ts), x_t, eta=eta, noise=z)       # per-sample timesteps
+    assert np.allclose(x0.numpy(), np.stack([r[1] for r in refs]), rtol=1e-4, atol=1e-4)
+    assert np.allclose(x_prev.numpy(), np.stack([r[0] for r in refs]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [False, True])
+def test_last_ddim_step_uses_the_final_alpha_bar(set_alpha_to_one):
+    """diffusers' convention: at the last step (t = 1, t - 20 < 0) alpha_bar_prev is final_alpha_cumprod
+    = alpha_bar[0] (MLD's set_alpha_to_one=False, the default here), or 1 with set_alpha_to_one=True,
+    where the eta = 0 step returns x0_hat itself. Checked against numpy, for the default constructor,
+    the MLD model's own scheduler, and the flag."""
+    ab = alpha_bar_np("scaled_linear")
+    kw = {"set_alpha_to_one": True} if set_alpha_to_one else {}
+    scheds = [models.DDIMScheduler("scaled_linear", "epsilon", **kw)]
+    if not set_alpha_to_one:
+        vocab = data.Vocab(["<pad>", "<unk>", "<cls>"])
+        scheds.append(models.build_model(models.ModelConfig(backbone="mld", **models.PRESETS["tiny"][0]),
+                                         vocab).scheduler)
+    g = torch.Generator().manual_seed(1)
+    x_t, eps = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
+    ab_prev = 1.0 if set_alpha_to_one else ab[0]
+    ref, x0_ref = ddim_step_np(ab, 1, ab_prev, x_t.double().numpy(), eps.double().numpy(), "epsilon", 0.0, 0.0)
+    for s in scheds:
+        s.set_timesteps(50)
+        assert s.timesteps[-1].item() == 1
+        x_prev, x0 = s.step(eps, s.timesteps[-1], x_t)
+        assert np.allclose(x0.numpy(), x0_ref, atol=1e-5)
+        assert np.allclose(x_prev.numpy(), ref, atol=1e-5)
+        if set_alpha_to_one:
+            assert np.allclose(x_prev.numpy(), x0_ref, atol=1e-5)           # alpha_bar_prev = 1: x_0 itself
 
 
 def test_perfect_prediction_recovers_x0():
@@ -119,6 +165,31 @@ def test_guidance_reads_the_null_token_alone_exactly_as_with_masked_padding(buil
     assert torch.allclose(short, gen.predict(x_t, t, padded, mask, cond), atol=1e-5)
 
 
+@pytest.mark.parametrize("backbone", ["mld", "mdm"])
+def test_guided_output_is_out_u_plus_w_times_out_c_minus_out_u(build_tiny, backbone):
+    """Classifier-free guidance (MLD 7.5, MDM 2.5): out = out_u + w (out_c - out_u), out_c from the
+    caption's tokens and out_u from the null token alone (cond.tokens_u / pad_u), each one predict()
+    call; checked for w in {0, 2.5, 7.5}; denoise_step must step the scheduler on that output with the
+    eta and noise it is given."""
+    gen, _ = build_tiny(backbone)
+    cond = gen.condition(["a person waves the left hand", "a person jumps forward twice"], [16, 24])
+    x_t = torch.randn(gen.latent_shape(cond), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([481, 481])
+    with torch.no_grad():
+        out_c = gen.predict(x_t, t, cond.tokens, cond.pad, cond).double()
+        out_u = gen.predict(x_t, t, cond.tokens_u, cond.pad_u, cond).double()
+        assert (out_c - out_u).abs().max() > 1e-2                          # the text matters: a lost branch shows
+        for w in (0.0, 2.5, 7.5):
+            ref = out_u + w * (out_c - out_u)
+            assert torch.allclose(gen.guided_output(x_t, 481, cond, w).double(), ref, atol=1e-5), w
+        gen.scheduler.set_timesteps(50)
+        z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(1))
+        x_prev, x0 = gen.denoise_step(x_t, 481, cond, guidance=2.5, eta=0.5, noise=z)
+        ref_prev, ref_x0 = gen.scheduler.step((out_u + 2.5 * (out_c - out_u)).float(), 481, x_t, 0.5, noise=z)
+    assert torch.allclose(x0, gen.mask_latent(ref_x0, cond), atol=1e-5)
+    assert torch.allclose(x_prev, gen.mask_latent(ref_prev, cond), atol=1e-5)
+
+
 @pytest.mark.parametrize("backbone,eta", [("mld", 0.0), ("mdm", 1.0)])
 def test_sampling_in_length_sorted_chunks_does_not_change_a_sample(build_tiny, backbone, eta):
     gen, _ = build_tiny(backbone)
@@ -178,7 +249,7 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_mld, tmp_path):
         models.load_generator(str(tmp_path / "missing.pt"))
 
 
-def test_resume_continues_the_step_count_and_the_lr_schedule(tiny_data, tmp_path, monkeypatch, capsys):
+def test_resume_continues_the_step_count_the_lr_schedule_and_the_batches(tiny_data, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "r.pt")
     tc = models.TrainConfig(data=tiny_data, out=out, backbone="mdm", preset="tiny",
                             **{**models.PRESETS["tiny"][1], "steps": 40, "eval_every": 10, "ckpt_every": 10})
@@ -209,6 +280,9 @@ def test_resume_continues_the_step_count_and_the_lr_schedule(tiny_data, tmp_path
     models.train(dataclasses.replace(tc, resume=True))
     ck = data.load_checkpoint(out)
     assert ck["done"] and [e["step"] for e in ck["log"]] == [10, 20, 30, 40]
+    models.train(dataclasses.replace(tc, out=str(tmp_path / "never_stopped.pt")))   # resumed mid-epoch twice,
+    whole = data.load_checkpoint(str(tmp_path / "never_stopped.pt"))                # the same batches and crops:
+    assert all(torch.equal(whole["model"][k], ck["model"][k]) for k in whole["model"])   # the same weights
 
 
 def test_cli_bad_input_exits_2(tmp_path):
