@@ -44,6 +44,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 import warnings
 import weakref
@@ -154,7 +155,8 @@ class Evaluator(nn.Module):
 
     def embed_motion(self, feats, lengths):
         """Raw (de-normalised) features (B, T, D) -> (B, out_dim). Normalised here with the evaluator's
-        own statistics, contacts dropped (as T2M)."""
+        own statistics, contacts dropped (as T2M). NOTE (deviation): zero padding of the raw features
+        reads as -Mean/Std here (T2M pads the normalised motion with zeros); trained and used so."""
         x = ((feats - self.mean) / self.std)[..., :-4]
         h = self.movement_out(self.movement(x.transpose(1, 2)).transpose(1, 2))   # (B, T/4, hidden)
         return self.motion_head(h, (lengths // 4).clamp(min=1))
@@ -181,6 +183,9 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
     data.seed_everything(cfg.seed)
     device = data.pick_device(cfg.device)
     train_set = data.MotionTextDataset(cfg.data, "train", seed=cfg.seed)
+    if not 2 <= cfg.batch_size <= len(train_set):                        # margin_loss shifts negatives in a batch
+        raise data.InputError(f"--batch-size {cfg.batch_size}: must be in 2..{len(train_set)}, the training items "
+                              f"of {cfg.data}")
     model = Evaluator(cfg, word_vocab(cfg.data), train_set.dims).to(device)
     model.mean.copy_(torch.tensor(train_set.mean)), model.std.copy_(torch.tensor(train_set.std))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -663,20 +668,33 @@ def main():
     st.add_argument("--device", default="auto")
     pr = scored("probe", "real motions, the frozen VAE's reconstructions (MLD), samples, smoothed samples")
     pr.add_argument("--sigma", type=float, default=2.0, help="frames; the smoothing's Gaussian width")
-    a = p.parse_args()
-    rules = {"replications": ">= 1", "sigma": "> 0", "items": ">= 1", "steps": ">= 1", "probes": ">= 1"}
+    argv = sys.argv[1:]
+    a = p.parse_args(argv)
+    rules = {"replications": ">= 1", "sigma": "> 0", "items": ">= 1", "steps": ">= 1", "probes": ">= 1",
+             "seed": ">= 0", "lr": "> 0", "margin": "> 0", "hidden": ">= 1", "word_dim": ">= 1", "out_dim": ">= 1"}
     data.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
+    for flag in ("json", "png"):
+        if getattr(a, flag, None):
+            data.output_path(getattr(a, flag), f"--{flag}", (f".{flag}",))
+    def loaded(device):                         # eval, compare, probe: the generators and the evaluator of --data
+        import models
+        paths = a.generator if isinstance(a.generator, list) else [a.generator]
+        gens, ev = [models.load_generator(g, device) for g in paths], load_evaluator(a.evaluator, device)
+        for path, model in zip(paths + [a.evaluator], gens + [ev]):
+            data.check_same_dataset(a.data, path, model)
+        return gens, ev
+
     if a.cmd == "train-evaluator":
         cfg = data.config_from_args(EvaluatorConfig, a)
         if cfg.preset not in EVALUATOR_PRESETS:
             raise data.InputError(f"--preset {cfg.preset!r}: tiny or default")
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in EVALUATOR_PRESETS[cfg.preset].items()
-                                          if getattr(cfg, k) == getattr(EvaluatorConfig(), k)})
+        given = data.given_flags(t, argv[1:])                            # a flag given wins, even at its default
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in EVALUATOR_PRESETS[cfg.preset].items() if k not in given})
+        data.output_path(cfg.out, "--out")
         train_evaluator(cfg)
     elif a.cmd == "eval":
-        import models
         device = data.pick_device(a.device)
-        gen, ev = models.load_generator(a.generator, device), load_evaluator(a.evaluator, device)
+        (gen,), ev = loaded(device)
         t0 = time.time()
         rows = {"real": evaluate_real(ev, a.data, a.replications, a.seed, device, split=a.split),
                 "generator": evaluate(gen, ev, a.data, a.replications, a.seed, device, mm=a.mm, split=a.split)}
@@ -687,15 +705,15 @@ def main():
             with open(a.json, "w") as f:
                 json.dump(rows, f, indent=1)
     elif a.cmd == "compare":
-        import models
         device = data.pick_device(a.device)
-        gens = [models.load_generator(g, device) for g in a.generator]
+        gens, ev = loaded(device)
         second = None
         if a.reward:
             import spl
-            second = spl.load_reward(a.reward, device).retrieval_embeddings
-        res = compare(*gens, load_evaluator(a.evaluator, device), a.data, a.replications, a.seed, device, a.split,
-                      second=second)
+            reward = spl.load_reward(a.reward, device)
+            data.check_same_dataset(a.data, a.reward, reward)
+            second = reward.retrieval_embeddings
+        res = compare(*gens, ev, a.data, a.replications, a.seed, device, a.split, second=second)
         ci = lambda k, f: f"{f(res[k]['value'])} [{f(res[k]['lo'])}, {f(res[k]['hi'])}]"  # noqa: E731
         pct = lambda v: f"{100 * v:+.1f}%"  # noqa: E731
         print(f"{a.split} split, {res['items']} items from {res['sources']} source motions, "
@@ -711,11 +729,10 @@ def main():
                   f" reward retrieves a's sample in {n['gap, second retrieves a']}"
                   f" ({100 * n['gap, second retrieves a'] / max(n['gap'], 1):.0f}%)")
     elif a.cmd == "probe":
-        import models
         device = data.pick_device(a.device)
         t0 = time.time()
-        rows = probe(models.load_generator(a.generator, device), load_evaluator(a.evaluator, device), a.data,
-                     a.replications, a.seed, device, a.split, a.sigma)
+        (gen,), ev = loaded(device)
+        rows = probe(gen, ev, a.data, a.replications, a.seed, device, a.split, a.sigma)
         for name, row in rows.items():
             print(f"{name:>28}: " + "  ".join(f"{k} {v['mean']:.3f}±{v['ci']:.3f}" for k, v in row.items()))
         print(f"({a.split} split, {a.replications} replications, {time.time() - t0:.0f}s)")

@@ -142,17 +142,23 @@ class Reward(nn.Module):
     def log_prob(self, x, lengths, captions, bank, alpha_bar=None):
         """The contrastive form used for fine-tuning: log p(c | x) among {c} and a bank of training
         captions, tau cos(x, c) - logsumexp_{c'} tau cos(x, c'). It saturates once x is retrieved by
-        its caption, so gradient ascent cannot buy reward with more of a correlated cue. (B,)"""
+        its caption, so gradient ascent cannot buy reward with more of a correlated cue. Bank captions
+        of the same meaning as c (the caption itself included) are not competitors and are left out,
+        as in pretraining's InfoNCE. bank: (captions, embeddings (n, embed_dim)). -> (B,)"""
+        bank_captions, bank_emb = bank
         m = self.motion_embed(x, lengths, alpha_bar)
         pos = self.tau * (m * self.text_embed(captions)).sum(-1)
-        return pos - torch.logsumexp(torch.cat([pos[:, None], self.tau * m @ bank.T], 1), 1)
+        bank_bags = [meaning(b) for b in bank_captions]
+        same = torch.tensor([[meaning(c) == b for b in bank_bags] for c in captions])   # (B, n)
+        others = (self.tau * m @ bank_emb.T).masked_fill(same.to(m.device), float("-inf"))
+        return pos - torch.logsumexp(torch.cat([pos[:, None], others], 1), 1)
 
     @torch.no_grad()
     def caption_bank(self, root, n=512, seed=0):
-        """Embeddings (n, embed_dim) of n distinct captions of the *training* split."""
+        """n distinct captions of the *training* split and their embeddings (n, embed_dim)."""
         caps = sorted({c for name in data.read_split(root, "train") for c, _, _, _ in data.load_captions(root, name)})
-        pick = np.random.default_rng(seed).choice(len(caps), min(n, len(caps)), replace=False)
-        return self.text_embed([caps[i] for i in pick])
+        pick = [caps[i] for i in np.random.default_rng(seed).choice(len(caps), min(n, len(caps)), replace=False)]
+        return pick, self.text_embed(pick)
 
     def normalise(self, feats):
         """Un-normalised features (..., 263) -> the reward's input normalisation (its training Mean/Std)."""
@@ -173,9 +179,14 @@ class Reward(nn.Module):
         return self.tau * self.text_embed(captions) @ self.motion_embed(x, lengths, alpha_bar).T
 
 
+def meaning(caption):
+    """A caption's content words (ignoring subjects, articles, 'then'): equal bags, same meaning."""
+    return frozenset(data.words(caption)) - STOP
+
+
 def same_meaning(captions):
-    """(B, B) bool: captions with the same content words (ignoring subjects, articles, 'then')."""
-    bags = [frozenset(data.words(c)) - STOP for c in captions]
+    """(B, B) bool: captions with the same content words."""
+    bags = [meaning(c) for c in captions]
     return torch.tensor([[a == b for b in bags] for a in bags])
 
 
@@ -236,9 +247,8 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
         if model.vocab.itos != data.build_vocab(cfg.data).itos:
             raise data.InputError(f"--init {cfg.init}: trained on another dataset's vocabulary than {cfg.data}")
         train_set = data.MotionTextDataset(cfg.data, "train", seed=cfg.seed)
-        model.cfg = dataclasses.replace(model.cfg, **{k: getattr(cfg, k) for k in
-                                                      ("steps", "lr", "batch_size", "spl_k", "spl_weight", "data",
-                                                       "out", "init")})
+        arch = ("d_model", "heads", "layers", "text_layers", "embed_dim", "patch", "tau")   # the init's, kept
+        model.cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in arch})  # saved: what this run did
     else:
         model, train_set = build(cfg, device)
     if not 2 <= cfg.batch_size <= len(train_set):
@@ -246,7 +256,7 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
                               f"items of {cfg.data}")
     sched = models.DDIMScheduler("cosine", "sample")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    data.print_config(cfg, f"reward {mode}")
+    data.print_config(model.cfg, f"reward {mode}")
     t0, log, epoch_stats, batches = time.time(), [], defaultdict(float), iter(())
 
     def end_epoch(step):                                  # one log row per pass over the data (and the last part)
@@ -431,14 +441,27 @@ def main(argv=None):
         cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if k not in given})
         if a.cmd == "spl" and not cfg.init:
             raise data.InputError("spl needs --init PATH, a reward from `spl.py pretrain`")
+        data.check_ranges(cfg, d_model=">= 1", heads=">= 1", layers=">= 1", text_layers=">= 1", embed_dim=">= 1",
+                          patch=">= 1", tau=(1.0, 100.0), p_noise=(0.0, 1.0), max_t=(0, 999), steps=">= 1",
+                          lr="> 0", spl_k=">= 1", spl_weight=">= 0", seed=">= 0")
+        if cfg.d_model % cfg.heads:
+            raise data.InputError(f"--heads {cfg.heads}: must divide --d-model {cfg.d_model}")
+        if data.UNIT_LENGTH % cfg.patch:                                  # clips are whole units of 4 frames
+            raise data.InputError(f"--patch {cfg.patch}: must divide {data.UNIT_LENGTH}, the loader's unit of frames")
+        data.output_path(cfg.out, "--out")
         train(cfg, a.cmd)
     else:
+        if a.json:
+            data.output_path(a.json, "--json", (".json",))
         device = data.pick_device(a.device)
         gen = models.load_generator(a.generator, device) if a.generator else None
         samples = {path: models.load_generator(path, device) for path in a.samples}
+        rewards = {path: load_reward(path, device) for path in a.reward}
+        for path, model in {**rewards, **samples, **({a.generator: gen} if gen else {})}.items():
+            data.check_same_dataset(a.data, path, model)                  # bench reads the folder's normalisation
         results = {}
-        for path in a.reward:
-            res = bench(load_reward(path, device), a.data, gen, samples=samples)
+        for path, reward in rewards.items():
+            res = bench(reward, a.data, gen, samples=samples)
             results[path] = res
             print(f"== {path}\n{format_bench(res)}")
         if a.json:

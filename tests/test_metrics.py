@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import data
 import metrics
 
 
@@ -46,6 +47,68 @@ def test_diversity_and_multimodality():
     assert abs(metrics.diversity(x, rng) - 2.0 ** 0.5 * 1.596) < 0.15     # E|a - b| for 3-d N(0, 2I)
     assert metrics.multimodality(np.zeros((10, 30, 4)), rng) == 0.0
 
+
+
+def test_fid_uses_the_unbiased_covariance_at_small_n():
+    """T2M's FID fits each set with np.cov (ddof = 1): at n = 12 that is 12/11 of the plug-in covariance,
+    so the value is checked against an independent ddof-1 computation, Tr sqrtm(S1 S2) as the sum of
+    the square roots of S1 S2's eigenvalues (real, >= 0: S1 S2 is similar to a PSD matrix)."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 3)), 2.0 * rng.normal(size=(12, 3)) @ np.diag([1.0, 0.5, 1.5])
+
+    def independent(ddof):
+        cx, cy = ((a - a.mean(0)).T @ (a - a.mean(0)) / (len(a) - ddof) for a in (x, y))
+        root = np.sqrt(np.linalg.eigvals(cx @ cy).real.clip(min=0)).sum()
+        return ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(cx) + np.trace(cy) - 2 * root
+    assert metrics.fid(x, y) == pytest.approx(independent(1), rel=1e-6)
+    assert abs(independent(1) - independent(0)) > 0.03 * independent(1)             # ddof 0: 4% lower here
+
+
+def test_diversity_draws_each_index_set_without_replacement():
+    """T2M's Diversity: two independent draws of `times` distinct items (replace=False), mean paired
+    distance. With one outlier at distance 5 among 49 equal points and times = all 50, the outlier is
+    in each draw exactly once: the value is 2 * 5 / 50, or 0 when both put it in the same slot."""
+    x = np.zeros((50, 3))
+    x[7] = (3.0, 4.0, 0.0)
+    unpaired = [round(metrics.diversity(x, np.random.default_rng(s)) * 50 / 5, 9) for s in range(40)]
+    assert set(unpaired) <= {0, 2} and unpaired.count(2) >= 36                     # P(same slot) = 1/50
+    unpaired = [round(metrics.diversity(x, np.random.default_rng(s), times=10) * 10 / 5, 9) for s in range(40)]
+    assert set(unpaired) <= {0, 1, 2}                                              # at most once per draw of 10
+
+
+def test_multimodality_compares_samples_of_the_same_caption_only():
+    """T2M's MultiModality: per caption, 10 pairs of its own 30 samples (two independent uniform draws).
+    Caption c's samples sit at c * 100 e_0 (pairs across captions would be ~100 apart), plus
+    (a) e_r / sqrt 2, a regular simplex of edge 1: a pair is 1 apart unless it is one sample twice
+    (probability 1/30), E = 1 - 1/30; (b) r e_1, on a line: E|a - b| = (R^2 - 1) / (3 R) for a, b uniform."""
+    C, R = 1000, 30
+    simplex, line = np.zeros((C, R, R + 1)), np.zeros((C, R, 2))
+    simplex[:, :, 0] = line[:, :, 0] = 100.0 * np.arange(C)[:, None]
+    simplex[:, np.arange(R), np.arange(R) + 1] = 2 ** -0.5
+    line[:, :, 1] = np.arange(R)
+    assert metrics.multimodality(simplex, np.random.default_rng(0)) == pytest.approx(1 - 1 / R, abs=0.01)
+    assert metrics.multimodality(line, np.random.default_rng(0)) == pytest.approx((R * R - 1) / (3 * R), rel=0.03)
+
+
+def test_r_precision_drops_the_last_partial_group_as_t2m():
+    """T2M ranks shuffled groups of 32 (drop_last): with N = 100, three groups and 4 items left out.
+    Against an argsort per text row over the same permutation: hit@k if the true motion is among the
+    k nearest (Euclidean), MM-Dist the mean true-pair distance over the 96 kept items."""
+    rng = np.random.default_rng(5)
+    motion = rng.normal(size=(100, 8))
+    text = motion + 0.9 * rng.normal(size=(100, 8))
+    (r1, r2, r3), mm = metrics.r_precision(text, motion, np.random.default_rng(11))
+    groups = np.random.default_rng(11).permutation(100)[:96].reshape(3, 32)
+    hits, dists = np.zeros(3), []
+    for g in groups:
+        d = np.linalg.norm(text[g][:, None] - motion[g][None], axis=-1)            # (32 texts, 32 motions)
+        order = np.argsort(d, axis=1)
+        for i in range(32):
+            hits += [i in order[i, :k] for k in (1, 2, 3)]
+            dists.append(d[i, i])
+    assert (r1, r2, r3) == pytest.approx(tuple(hits / 96), abs=1e-12)
+    assert mm == pytest.approx(np.mean(dists), rel=1e-9)
+    assert 0.1 < r1 < r3 < 0.95                                                      # neither chance nor perfect
 
 def test_confidence_interval():
     c = metrics.confidence([1.0, 2.0, 3.0, 4.0])
@@ -95,8 +158,10 @@ def tiny_evaluator(tiny_data, tmp_path_factory):
 
 @pytest.mark.filterwarnings("ignore:R-Precision over")                     # tiny sets: one small group
 def test_tiny_evaluator_retrieves_above_chance(tiny_evaluator, tiny_data):
+    n = len(data.MotionTextDataset(tiny_data, "test"))
+    assert n < 32                                                              # the tiny test split: one group
     real = metrics.evaluate_real(tiny_evaluator, tiny_data, replications=3, seed=0)
-    assert real["R1"]["mean"] > 3 / 32                                        # chance is 1/32
+    assert real["R1"]["mean"] > 3 / n                                         # chance is 1/n (24 items: 1/24)
     assert real["R3"]["mean"] > 0.3 and real["FID"]["mean"] < 1.0
 
 

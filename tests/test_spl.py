@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import models
 import spl
 
 
@@ -65,11 +66,16 @@ def test_contrastive_form_is_log_p_of_the_caption_among_the_bank(build_tiny, tin
     _, reward = build_tiny()
     ds = data.MotionTextDataset(tiny_data, "val", deterministic=True)
     b = data.collate([ds[i] for i in range(3)])
-    bank = reward.caption_bank(tiny_data, n=16)
-    lp = reward.log_prob(b["motion"], b["lengths"], b["captions"], bank)
+    bank_caps, bank_emb = reward.caption_bank(tiny_data, n=16)
+    lp = reward.log_prob(b["motion"], b["lengths"], b["captions"], (bank_caps, bank_emb))
     m, c = reward.motion_embed(b["motion"], b["lengths"]), reward.text_embed(b["captions"])
-    logits = reward.tau * torch.cat([(m * c).sum(-1, keepdim=True), m @ bank.T], 1)
+    logits = reward.tau * torch.cat([(m * c).sum(-1, keepdim=True), m @ bank_emb.T], 1)
     assert torch.allclose(lp, torch.log_softmax(logits, 1)[:, 0], atol=1e-5) and (lp < 0).all()
+    # the caption itself in the bank is not a competitor: log p stays the same (not capped at log 1/2)
+    for i, cap in enumerate(b["captions"]):
+        with_own = (bank_caps + [cap], torch.cat([bank_emb, c[i:i + 1]]))
+        lp_i = reward.log_prob(b["motion"][i:i + 1], b["lengths"][i:i + 1], [cap], with_own)
+        assert torch.allclose(lp_i, lp[i:i + 1], atol=1e-5)
 
 
 def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
@@ -144,3 +150,76 @@ def test_cli_flags_win_over_presets_even_at_their_default(monkeypatch):
     assert (seen["mode"], seen["cfg"].batch_size, seen["cfg"].lr, seen["cfg"].steps) == ("spl", 64, 5e-4, 150)
     spl.main(["spl", "--init", "r.pt", "--preset", "tiny"])                    # tiny: SPL at the tiny sizes
     assert (seen["cfg"].batch_size, seen["cfg"].steps) == (32, 60)
+
+
+def test_spl_training_switches_rows_between_the_preference_and_the_contrastive_loss(tiny_data, tmp_path, monkeypatch):
+    """Algorithm 2 / App. B.4: in a batch (the retrieval pool), a caption whose motion is outside its top-k
+    is mined and gets w * KL(Q || P) = w * log(1 + e^(R(x_l) - R(x_w))) (Eq. 15-17, x_l its best-scoring wrong
+    motion), every other row its symmetric InfoNCE term. train()'s logged loss over two steps is recomputed
+    here from the score matrices it made (float64; own ranking, paraphrase masking and log-sum-exp)."""
+    pre = spl.RewardConfig(data=tiny_data, out=str(tmp_path / "pre.pt"), **{**spl.PRESETS["tiny"], "steps": 1})
+    spl.train(pre, "pretrain")                                                   # an (almost) untrained init
+    seen, scores = [], spl.Reward.scores
+
+    def spy(self, x, lengths, captions, alpha_bar=None):
+        S = scores(self, x, lengths, captions, alpha_bar)
+        seen.append((S.detach().double().numpy(), spl.same_meaning(captions).numpy()))
+        return S
+    monkeypatch.setattr(spl.Reward, "scores", spy)
+    k, w = 4, 2.5
+    cfg = spl.RewardConfig(data=tiny_data, init=pre.out, out=str(tmp_path / "spl.pt"),
+                           **{**spl.PRESETS["tiny"], "steps": 2, "batch_size": 16, "spl_k": k, "spl_weight": w})
+    spl.train(cfg, "spl")
+    log = data.load_checkpoint(cfg.out, "reward")["log"]
+    assert len(log) == 1 and len(seen) == 2                                      # one epoch row, two steps
+    lse = lambda v: v.max() + np.log(np.exp(v - v.max()).sum())                   # noqa: E731
+    losses = []
+    for S, dup in seen:
+        B = len(S)
+        wrong = [[j for j in range(B) if j != i and not dup[i, j]] for i in range(B)]   # paraphrases are not wrong
+        contrast = np.array([0.5 * (lse(S[i, [i] + wrong[i]]) + lse(S[[i] + wrong[i], i]) - 2 * S[i, i])
+                             for i in range(B)])                                 # dup is symmetric
+        failed = np.array([sum(S[i, j] > S[i, i] for j in wrong[i]) >= k for i in range(B)])
+        pref = np.array([np.log1p(np.exp(max(S[i, j] for j in wrong[i]) - S[i, i])) for i in range(B)])
+        assert failed.any() and not failed.all()                                 # both kinds of rows in the batch
+        losses.append(np.where(failed, w * pref, contrast).mean())
+        assert abs(losses[-1] - contrast.mean()) > 0.1                          # plain InfoNCE would differ
+    assert log[0]["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_noisy_replaces_a_fraction_p_of_the_motions_by_x_t_and_labels_the_rest_clean():
+    """Noise-aware pretraining (Sec. 4.2): each motion, with probability p, becomes x_t = sqrt(ab_t) x +
+    sqrt(1 - ab_t) eps, t ~ U[0, max_t], padding kept at 0, and is labelled with its ab_t; the others are
+    returned untouched and labelled clean, alpha_bar exactly 1 (the reward's 'clean' noise token)."""
+    sched = models.DDIMScheduler("cosine", "sample")
+
+    class Recorder:                                  # the scheduler, recording the noise and steps it is given
+        alpha_bar = sched.alpha_bar
+
+        def __init__(self):
+            self.calls = []
+
+        def add_noise(self, x0, eps, t):
+            self.calls.append((eps, t))
+            return sched.add_noise(x0, eps, t)
+
+    torch.manual_seed(0)
+    B, T, D, max_t = 400, 12, 5, 300
+    x = torch.randn(B, T, D)
+    mask = torch.arange(T)[None] < torch.randint(4, T + 1, (B,))[:, None]
+    x = x * mask[..., None]
+    for p, lo, hi in ((0.0, 0, 0), (0.3, 0.25 * B, 0.35 * B), (1.0, B, B)):
+        rec = Recorder()
+        out, ab = spl.noisy(x, mask, max_t, p, rec)
+        clean = (out == x).flatten(1).all(1)
+        assert lo <= (~clean).sum() <= hi                                          # about p B noised
+        assert (ab[clean] == 1.0).all() and (ab[~clean] < 1).all()
+        (eps, t), = rec.calls
+        t = torch.as_tensor(t).expand(B)
+        assert 0 <= t.min() and t.max() <= max_t
+        want = (sched.alpha_bar[t].sqrt()[:, None, None] * x + (1 - sched.alpha_bar[t]).sqrt()[:, None, None] * eps)
+        want = want * mask[..., None]
+        assert torch.allclose(out[~clean], want[~clean], atol=1e-6)
+        assert torch.equal(ab[~clean], sched.alpha_bar[t][~clean])                 # labelled with its own t
+        if p == 1.0:
+            assert abs(eps.std().item() - 1) < 0.02 and t.float().std() > 0.2 * max_t   # eps ~ N(0, I), t spread
