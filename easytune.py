@@ -50,6 +50,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -122,7 +123,7 @@ class RewardFn:
     log p(c | x) among c and 512 training captions (spl.Reward.log_prob), which saturates once the
     motion is retrieved by its caption. Chosen on val with a second evaluator (metrics.py's
     architecture, seed 4321; never the test evaluator; commands in the README), 15 trajectories at
-    lr 3e-6 on x0_hat: R-P top-1 0.571 (base) -> 0.613 (similarity) / 0.588 (contrastive), FID 0.82 -> 0.59 / 0.78.
+    lr 3e-6 on x0_hat: R-P top-1 0.571 (base) -> 0.613 (similarity) / 0.590 (contrastive), FID 0.82 -> 0.59 / 0.78.
     A diagnostic, not the paper's reward: `reward` may be a metrics.Evaluator (the second one; never the
     test one, see load_reward_model), scored as minus its T2M distance ||E_M(x) - E_T(c)||, the
     per-item MM-Dist. It reads clean motion only (alpha_bar is refused)."""
@@ -138,13 +139,7 @@ class RewardFn:
             self.tokens = caption_tokens(root)                             # the evaluator reads words + POS
         if form != "similarity" and isinstance(reward, spl.RewardEnsemble):
             raise data.InputError("--reward-form contrastive needs one spl.py reward, not an ensemble")
-        if form == "similarity":
-            self.bank = None
-        elif isinstance(root, str):                                       # a dataset: 512 training captions
-            self.bank = reward.caption_bank(root)
-        else:                                                             # or the captions themselves
-            with torch.no_grad():
-                self.bank = reward.text_embed(list(root))
+        self.bank = reward.caption_bank(root) if form == "contrastive" else None   # 512 training captions
 
     def __call__(self, feats, lengths, captions, alpha_bar=None):
         mask = (feats != 0).any(-1, keepdim=True)
@@ -223,6 +218,8 @@ def easytune_trajectory(gen, reward_fn, captions, lengths, cfg, opt, params, rng
     with torch.no_grad():
         cond = gen.condition(captions, lengths)
     gen.scheduler.set_timesteps(cfg.sample_steps)
+    if ref is not None:                                   # the KL reference steps t -> t-1 on the same grid
+        ref.scheduler = gen.scheduler
     x = gen.init_noise(cond, g)                                                          # x_T ~ N(0, I)
     train_at = set(trained_steps(cfg.train_steps, cfg.sample_steps, rng))
     eta = gen.cfg.eta
@@ -429,12 +426,14 @@ def prerequisites(cfg: EasyTuneConfig, device):
     """Each artefact cached under runs/<dataset>/, reported as built or reused."""
     tiny = cfg.preset == "tiny"
     name = os.path.basename(os.path.abspath(cfg.data)) if cfg.data else "synth-tiny" if tiny else "synth"
+    if cfg.data and not os.path.isdir(cfg.data):
+        raise data.InputError(f"--data {cfg.data}: folder not found")
     run = os.path.join(cfg.runs, name)
     os.makedirs(run, exist_ok=True)
     root = cfg.data or os.path.join(run, "data")
     report = {}
 
-    def step(name, path, build, done=lambda p: os.path.isfile(p)):
+    def step(name, path, build, done):
         t = time.time()
         if done(path):
             report[name] = "reused"
@@ -448,18 +447,20 @@ def prerequisites(cfg: EasyTuneConfig, device):
         step("data", root, lambda: (shutil.rmtree(root, ignore_errors=True),
                                     synth.write_dataset(root, 80 if tiny else 1600, seed=0)),
              done=lambda p: os.path.isfile(os.path.join(p, "all.txt")))
-    elif not os.path.isdir(root):
-        raise data.InputError(f"--data {root}: folder not found")
+
+    def checkpoint(kind):                  # reused if it loads as that kind; a truncated file is an error now
+        return lambda p: os.path.isfile(p) and bool(data.load_checkpoint(p, kind))
+
     preset = "tiny" if tiny else "default"
     ev_cfg = metrics.EvaluatorConfig(data=root, out=os.path.join(run, "evaluator.pt"), device=cfg.device,
                                      **metrics.EVALUATOR_PRESETS[preset])
-    step("evaluator", ev_cfg.out, lambda: metrics.train_evaluator(ev_cfg))
+    step("evaluator", ev_cfg.out, lambda: metrics.train_evaluator(ev_cfg), checkpoint("evaluator"))
     r_cfg = dataclasses.replace(spl.RewardConfig(), data=root, out=os.path.join(run, "reward_pretrained.pt"),
                                 device=cfg.device, **spl.PRESETS[preset])
-    step("reward (pretraining)", r_cfg.out, lambda: spl.train(r_cfg, "pretrain"))
+    step("reward (pretraining)", r_cfg.out, lambda: spl.train(r_cfg, "pretrain"), checkpoint("reward"))
     s_cfg = dataclasses.replace(r_cfg, init=r_cfg.out, out=os.path.join(run, "reward.pt"),
                                 **({} if tiny else spl.SPL_DEFAULTS))
-    step("reward (SPL)", s_cfg.out, lambda: spl.train(s_cfg, "spl"))
+    step("reward (SPL)", s_cfg.out, lambda: spl.train(s_cfg, "spl"), checkpoint("reward"))
     g_cfg = models.TrainConfig(data=root, out=os.path.join(run, f"{cfg.backbone}.pt"), backbone=cfg.backbone,
                                preset=preset, device=cfg.device, resume=True, **models.PRESETS[preset][1])
     step(f"{cfg.backbone} (pretraining)", g_cfg.out, lambda: models.train(g_cfg),
@@ -619,6 +620,13 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
         raise data.InputError(f"--weighting {cfg.weighting!r}: uniform, increasing or decreasing")
     if cfg.reward_input not in ("x0", "noisy"):
         raise data.InputError(f"--reward-input {cfg.reward_input!r}: x0 or noisy")
+    if cfg.reward_form not in ("similarity", "contrastive"):
+        raise data.InputError(f"--reward-form {cfg.reward_form!r}: similarity or contrastive")
+    for path in cfg.reward_model.split(",") if cfg.reward_model else []:              # before minutes of work
+        if not os.path.isfile(path):
+            raise data.InputError(f"--reward-model {cfg.reward_model}: {path or 'an empty name'}: checkpoint not found")
+    if not math.isfinite(cfg.guidance):
+        raise data.InputError(f"--guidance {cfg.guidance}: must be finite (< 0: the backbone's own scale)")
     if given is None:
         default = EasyTuneConfig()
         given = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
@@ -626,7 +634,7 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in fill.items() if k not in given})
     data.check_ranges(cfg, trajectories=">= 1", val_every=">= 1", patience=">= 1", replications=">= 1",
                       batch_size=">= 1", lr="> 0", clip="> 0", kl_weight=">= 0", lora_rank=">= 0",
-                      sample_steps=(1, 999))
+                      sample_steps=(1, 999), seed=">= 0")
     trained_steps(cfg.train_steps, cfg.sample_steps, np.random.default_rng(0))          # validates the spec
     return cfg
 

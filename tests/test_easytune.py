@@ -125,6 +125,127 @@ def test_kl_term_vanishes_against_itself_and_pulls_back_otherwise(build_tiny, ti
     assert moved > plain
 
 
+def jittered_ref(gen, scale=0.01, seed=3):
+    """A frozen copy of the generator with its denoiser moved a little (a reference that differs from theta),
+    sampling on the generator's own timestep grid (as finetune's reference must: see the next-but-one test)."""
+    ref = copy.deepcopy(gen).requires_grad_(False)
+    ref.scheduler = gen.scheduler
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in ref.denoiser_parameters():
+            p.add_(scale * torch.randn_like(p))
+    return ref
+
+
+def test_kl_term_gradient_is_its_closed_form_and_pulls_theta_towards_the_reference(build_tiny, tiny_data):
+    """Eq. S1 (here w * mean ||x_{t-1} - x_ref||^2): its gradient is 2 w (x_{t-1} - x_ref) / N . d x_{t-1}/d theta,
+    a VJP computed here on a detached copy, and one small SGD step along it brings the tuned step's output
+    closer to the frozen reference's by lr |g|^2 / w to first order (a term that only raises the loss, or
+    pushes away, fails)."""
+    gen, _, theta, cfg = setup(build_tiny, tiny_data)
+    cond = gen.condition(CAPS, LENGTHS)
+    gen.scheduler.set_timesteps(cfg.sample_steps)
+    x_t, t = gen.init_noise(cond, torch.Generator().manual_seed(1)), gen.scheduler.timesteps[1]
+    ref, w = jittered_ref(gen), 3.0
+    no_reward = lambda feats, *a: 0 * feats.sum((1, 2))           # noqa: E731  the loss is the KL term alone
+    loss = easytune.step_loss(gen, no_reward, x_t, t, cond, CAPS, dataclasses.replace(cfg, kl_weight=w), ref=ref)[0]
+    g_kl = flat(torch.autograd.grad(loss, theta))
+    x_prev, _ = gen.denoise_step(x_t, t, cond, cfg.guidance)
+    with torch.no_grad():
+        x_ref, _ = ref.denoise_step(x_t, t, cond, cfg.guidance)
+    d = x_prev.detach() - x_ref
+    assert loss.item() == pytest.approx(w * (d ** 2).mean().item(), rel=1e-5)
+    g_ind = flat(torch.autograd.grad(x_prev, theta, grad_outputs=2 * w * d / d.numel()))
+    assert g_ind.norm() > 0 and torch.allclose(g_kl, g_ind, rtol=1e-4, atol=1e-9)
+    lr = 1e-2
+    with torch.no_grad():                                            # theta <- theta - lr * g_kl
+        for p, g in zip(theta, torch.split(g_kl, [p.numel() for p in theta])):
+            p.sub_(lr * g.view_as(p))
+        x_new, _ = gen.denoise_step(x_t, t, cond, cfg.guidance)
+    closer = ((d ** 2).mean() - ((x_new - x_ref) ** 2).mean()).item()
+    assert closer == pytest.approx(lr * g_ind.norm().item() ** 2 / w, rel=0.1)   # to first order, and > 0
+
+
+def test_the_kl_reference_takes_the_same_step_so_the_first_update_has_no_kl_term(build_tiny, tiny_data, tmp_path):
+    """Eq. S1 compares pi_theta and pi_ref on the same step t -> t-1: at finetune's first update theta is still the
+    reference, so the KL term is exactly 0 and the logged loss is -R (sample_steps 4, not the 50 the
+    generator was built with: the reference must follow the sampler's grid)."""
+    gen, reward = build_tiny("mdm")
+    cfg = easytune.resolve(easytune.EasyTuneConfig(backbone="mdm", preset="tiny", kl_weight=1e4, trajectories=1,
+                                                   val_every=1, batch_size=4, sample_steps=4, train_steps="first:1"))
+    easytune.finetune(gen, reward, cfg, tiny_data, str(tmp_path), str(tmp_path / "log.jsonl"))
+    (rec,) = [json.loads(l) for l in open(tmp_path / "log.jsonl")]
+    assert rec["loss"] == pytest.approx(-rec["reward"], abs=1e-6)
+
+
+def test_step_reward_scores_x0_hat_as_clean_motion_or_x_prev_at_its_noise_level(build_tiny, tiny_data):
+    """Eq. 12 on MLD (eps-prediction): "x0" hands the reward decode(x0_hat), x0_hat = (x_t - sqrt(1 - ab_t) eps) /
+    sqrt(ab_t), as clean motion (alpha_bar None, i.e. t = 0); "noisy" hands it decode(x_{t-1}), x_{t-1} =
+    sqrt(ab_{t-1}) x0_hat + sqrt(1 - ab_{t-1}) eps, at alpha_bar_{t-1}. DDIM computed here; the reward is spied."""
+    gen, reward = build_tiny("mld")
+    reward_fn, calls = easytune.RewardFn(reward, gen, tiny_data), []
+
+    def spy(feats, lengths, captions, alpha_bar=None):
+        calls.append((feats.detach(), alpha_bar))
+        return reward_fn(feats, lengths, captions, alpha_bar)
+    cond, sched = gen.condition(CAPS, LENGTHS), gen.scheduler
+    sched.set_timesteps(4)
+    t = sched.timesteps[1]
+    x_t = gen.init_noise(cond, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        eps = gen.guided_output(x_t, t, cond, 2.5)
+        ab_t, ab_prev = sched.alpha_bar[t], sched.alpha_bar[t - 1000 // 4]
+        x0 = gen.mask_latent((x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt(), cond)
+        x_prev = gen.mask_latent(ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps, cond)
+    assert not torch.allclose(x0, x_prev, atol=1e-2)                 # the two modes score different motions
+    for mode, want_x, want_ab in (("x0", x0, None), ("noisy", x_prev, torch.full((2,), ab_prev.item()))):
+        calls.clear()
+        cfg = easytune.EasyTuneConfig(backbone="mld", reward_input=mode, sample_steps=4, guidance=2.5)
+        loss, x_next, _ = easytune.step_loss(gen, spy, x_t, t, cond, CAPS, cfg)
+        want_feats = gen.decode(want_x, cond.mask)
+        assert len(calls) == 1 and torch.allclose(calls[0][0], want_feats, atol=1e-5)
+        assert calls[0][1] is None if want_ab is None else torch.allclose(calls[0][1], want_ab)
+        want_loss = -reward_fn(want_feats, cond.lengths, CAPS, want_ab).mean()
+        assert loss.item() == pytest.approx(want_loss.item(), rel=1e-5, abs=1e-6)
+        assert torch.allclose(x_next, x_prev, atol=1e-5)             # the chain goes on with x_{t-1} either way
+
+
+def test_sde_sampler_shares_each_steps_noise_with_the_kl_reference_and_the_untrained_steps(build_tiny, tiny_data):
+    """MDM's ancestral sampler (eta = 1, an SDE): every step, trained or not, draws its noise from the trajectory's
+    generator (one draw per step), and a trained step's KL reference takes that same noise, so x_{t-1} - x_ref =
+    mu - mu_ref. Each update's loss, -R(x_{t-1}) + w ||x_{t-1} - x_ref||^2, is recomputed here along a trajectory
+    sampled independently (chain optimisation: every step is sampled with the starting theta)."""
+    gen, reward_fn, theta, cfg = setup(build_tiny, tiny_data, T=4, method="chain", kl_weight=1.0,
+                                       train_steps="last:2", lr=1e-3)
+    gen.cfg = dataclasses.replace(gen.cfg, eta=1.0)                  # models.BACKBONE_DEFAULTS["mdm"]
+    ref, start = jittered_ref(gen), copy.deepcopy(gen).requires_grad_(False)
+    g, g_rep = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    theta_prime = [p.detach().clone().requires_grad_(True) for p in theta]
+    recs = easytune.easytune_trajectory(gen, reward_fn, CAPS, torch.tensor(LENGTHS), cfg,
+                                        torch.optim.AdamW(theta_prime, lr=cfg.lr), theta, np.random.default_rng(0),
+                                        g, theta_prime, ref)
+    want = []
+    with torch.no_grad():
+        cond = start.condition(CAPS, LENGTHS)
+        start.scheduler.set_timesteps(4)
+        ref.scheduler.set_timesteps(4)
+        x = start.init_noise(cond, g_rep)
+        for i, t in enumerate(start.scheduler.timesteps):
+            noise = torch.randn(x.shape, generator=g_rep)
+            x_prev, _ = start.denoise_step(x, t, cond, cfg.guidance, noise=noise)
+            if i >= 2:
+                x_ref, _ = ref.denoise_step(x, t, cond, cfg.guidance, noise=noise)
+                ab = start.scheduler._ab(int(t) - 1000 // 4, cond.lengths).reshape(-1)
+                r = reward_fn(start.decode(x_prev, cond.mask), cond.lengths, CAPS, ab).mean().item()
+                want.append((i, r, -r + ((x_prev - x_ref) ** 2).mean().item()))
+            x = x_prev
+    assert [rec["i"] for rec in recs] == [i for i, _, _ in want] == [2, 3]
+    assert [rec["reward"] for rec in recs] == pytest.approx([r for _, r, _ in want], rel=1e-5, abs=1e-6)
+    assert [rec["loss"] for rec in recs] == pytest.approx([loss for _, _, loss in want], rel=1e-5, abs=1e-6)
+    assert torch.equal(g.get_state(), g_rep.get_state())            # x_T and one draw per step, nothing more
+    assert 1e-4 < want[0][2] + want[0][1] < 1e-1                     # the KL term is there, and small (mu - mu_ref)
+
+
 def test_step_schedules_and_weights():
     rng = np.random.default_rng(0)
     assert easytune.trained_steps("all", 50, rng) == list(range(50))
@@ -132,7 +253,8 @@ def test_step_schedules_and_weights():
     assert easytune.trained_steps("first:3", 50, rng) == [0, 1, 2]
     pick = easytune.trained_steps("random:7", 50, rng)
     assert len(set(pick)) == 7 and all(0 <= i < 50 for i in pick)
-    # App. A.5 with t = T - i: increasing weighs the last step 1.5, the first 0.5; decreasing the reverse
+    # App. A.5 with t = T - i: increasing weighs the first step 0.5 and the last (i = T-1) 1.5 - 1/T = 1.48;
+    # decreasing the reverse (1.5 for the first step)
     assert easytune.step_weight("increasing", 49, 50) == pytest.approx(1.48)
     assert easytune.step_weight("increasing", 0, 50) == pytest.approx(0.5)
     assert easytune.step_weight("decreasing", 0, 50) == pytest.approx(1.5)
@@ -159,6 +281,58 @@ def test_step_weight_scales_the_update_where_a_weight_on_the_loss_would_be_undon
     assert uniform.abs().max() > 0 and torch.allclose(decreasing, 1.5 * uniform, rtol=1e-4, atol=1e-6)
 
 
+def test_chain_theta_prime_sums_every_trained_steps_clipped_gradient(build_tiny, tiny_data):
+    """Chain optimisation (Alg. 1): theta' collects the update of EVERY trained step, each step's gradient taken
+    at the starting theta and clipped to norm `clip` (Eq. 9) before it reaches the optimizer. With plain SGD,
+    theta' - theta = -lr sum_i g_i min(1, clip / |g_i|), the g_i recomputed here along the sampled trajectory."""
+    lr, clip = 1.0, 2.0                                             # lr 1: updates well above float32 rounding
+    gen, reward_fn, theta, cfg = setup(build_tiny, tiny_data, T=4, method="chain", lr=lr, clip=clip)
+    start = [p.detach().clone() for p in theta]
+    theta_prime = [p.detach().clone().requires_grad_(True) for p in theta]
+    recs = easytune.easytune_trajectory(gen, reward_fn, CAPS, torch.tensor(LENGTHS), cfg,
+                                        torch.optim.SGD(theta_prime, lr=lr), theta, np.random.default_rng(0),
+                                        torch.Generator().manual_seed(0), theta_prime)
+    moved = flat([p.detach() - s for p, s in zip(theta, start)])    # theta <- theta' at the end
+    with torch.no_grad():                                            # back to the starting theta
+        for p, s in zip(theta, start):
+            p.copy_(s)
+    cond = gen.condition(CAPS, LENGTHS)
+    gen.scheduler.set_timesteps(4)
+    x = gen.init_noise(cond, torch.Generator().manual_seed(0))
+    grads = []
+    for t in gen.scheduler.timesteps:
+        x_prev, _ = gen.denoise_step(x, t, cond, cfg.guidance)      # x is detached: this step's graph only
+        ab = gen.scheduler._ab(int(t) - 1000 // 4, cond.lengths).reshape(-1)
+        r = reward_fn(gen.decode(x_prev, cond.mask), cond.lengths, CAPS, ab).mean()
+        grads.append(flat(torch.autograd.grad(-r, theta)))
+        x = x_prev.detach()
+    norms = [g.norm().item() for g in grads]
+    assert [rec["grad_norm"] for rec in recs] == pytest.approx(norms, rel=1e-4)   # logged before clipping
+    assert min(norms) < clip < max(norms)                           # some steps clipped, some not
+    want = -lr * sum(g * min(1.0, clip / (n + 1e-6)) for g, n in zip(grads, norms))
+    assert torch.allclose(moved, want, rtol=1e-3, atol=1e-6)
+
+
+def test_random_k_draws_a_new_subset_each_trajectory_shared_by_the_whole_batch(build_tiny, tiny_data):
+    """random:K (cf. the randomly sampled step of Eq. S16): the K trained steps are drawn from the run's rng once
+    per trajectory (two trajectories, two different subsets: the draws of a replica rng), and at each drawn step
+    the whole batch is denoised with gradients on (one update for every item), at no other step."""
+    gen, reward_fn, theta, cfg = setup(build_tiny, tiny_data, T=6, train_steps="random:2", lr=1e-5)
+    calls = []
+    gen.x_out.register_forward_pre_hook(lambda m, a: calls.append((torch.is_grad_enabled(), a[0].shape[0])))
+    rng, replica = np.random.default_rng(0), np.random.default_rng(0)
+    opt = torch.optim.AdamW(theta, lr=cfg.lr)
+    for seed in (0, 1):
+        calls.clear()
+        recs = easytune.easytune_trajectory(gen, reward_fn, CAPS, torch.tensor(LENGTHS), cfg, opt, theta, rng,
+                                            torch.Generator().manual_seed(seed))
+        want = sorted(replica.choice(6, 2, replace=False).tolist())
+        assert [r["i"] for r in recs] == want == ([3, 4] if seed == 0 else [1, 5])   # different subsets
+        assert len(calls) == 2 * 6                                   # a conditional and an unconditional pass
+        assert [on for on, _ in calls] == [k // 2 in want for k in range(2 * 6)]    # gradients at those steps only
+        assert all(n == len(CAPS) for _, n in calls)
+
+
 def test_backbone_defaults_fill_only_what_was_not_given():
     """The per-backbone defaults (chosen on held-out data) apply unless a flag or the tiny preset says
     otherwise -- and a flag wins even when it repeats the dataclass default: `--backbone mdm --lr 1e-5`
@@ -179,6 +353,20 @@ def test_backbone_defaults_fill_only_what_was_not_given():
     for flag, value, want in (("--val-every", "0", ">= 1"), ("--lr", "0.0", "> 0"), ("--sample-steps", "1000", "1..999")):
         with pytest.raises(data.InputError, match=f"{flag} {value}: must be .*{want}"):   # not a crash minutes later
             cli("--backbone", "mld", flag, value)
+
+
+def test_selection_rule_needs_a_higher_val_reward_and_a_reward_fid_within_the_guard():
+    """better(): a check is selected when its val reward beats the pre-trained model's and every earlier
+    selected check's, and its reward-embedding FID is at most 1.25 x the pre-trained model's + 0.05."""
+    base = {"val_reward": 0.5, "val_reward_fid": 1.0}                # guard: FID <= 1.3
+    s = lambda r, fid: {"val_reward": r, "val_reward_fid": fid}      # noqa: E731
+    assert easytune.better(s(0.6, 1.29), None, base)
+    assert not easytune.better(s(0.6, 1.31), None, base)            # a better reward, but drifted from real motion
+    assert not easytune.better(s(9.0, 2.0), None, base)
+    assert not easytune.better(s(0.5, 0.5), None, base)             # strictly higher than the base
+    assert not easytune.better(s(0.6, 0.5), s(0.7, 0.5), base)      # and than the best so far
+    assert easytune.better(s(0.8, 1.2), s(0.7, 0.5), base)
+    assert not easytune.better(s(0.8, 1.31), s(0.7, 0.5), base)     # the guard is the base's, not the best's
 
 
 def val_gets_worse(monkeypatch):
@@ -215,16 +403,20 @@ def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(b
 
 @pytest.mark.parametrize("method", ["step", "chain"])
 def test_resume_after_a_crash_continues_the_run_exactly(build_tiny, tiny_data, tmp_path, monkeypatch, method):
-    """Killed in trajectory 4 (checkpoint at 2), then --resume: the same weights, optimizer moments and
-    log as the run that was never interrupted (the updates after the checkpoint run again, logged once);
-    a --resume that changes a setting of the saved run is refused, naming the setting."""
+    """Killed in trajectory 4 (checkpoint at 3), then --resume: the same weights, optimizer moments, log and
+    selection state (best so far, val history, checks without improvement; best.pt) as the run that was never
+    interrupted (the updates after the checkpoint run again, logged once); a --resume that changes a setting of
+    the saved run is refused, naming the setting."""
     cfg = easytune.resolve(easytune.EasyTuneConfig(backbone="mdm", preset="tiny", method=method, kl_weight=1.0,
-                                                   trajectories=4, val_every=2, batch_size=4, sample_steps=3))
+                                                   trajectories=4, val_every=1, patience=9, batch_size=4,
+                                                   sample_steps=3))
+    monkeypatch.setattr(easytune, "better", lambda score, best, base: best is None)   # only the first check improves
 
     def run(out, **over):
         gen, reward = build_tiny("mdm")
         easytune.finetune(gen, reward, dataclasses.replace(cfg, **over), tiny_data, str(out), str(out / "log.jsonl"))
         ck = data.load_checkpoint(str(out / "last.pt"), "easytune")
+        ck["best.pt"] = data.load_checkpoint(str(out / "best.pt"), "generator")["model"]
         log = [{k: v for k, v in json.loads(l).items() if k != "peak_saved_mib"} for l in open(out / "log.jsonl")]
         return ck, log
 
@@ -250,6 +442,9 @@ def test_resume_after_a_crash_continues_the_run_exactly(build_tiny, tiny_data, t
     moments = lambda ck: [v for st in ck["optimizer"]["state"].values() for v in st.values()]
     assert all(torch.equal(x, y) for x, y in zip(moments(got), moments(want)))
     assert got_log == want_log
+    assert want["best"]["trajectory"] == 1 and want["bad_checks"] == 3 and len(want["history"]) == 5
+    assert (got["best"], got["bad_checks"], got["history"]) == (want["best"], want["bad_checks"], want["history"])
+    assert all(torch.equal(got["best.pt"][k], want["best.pt"][k]) for k in want["best.pt"])
 
 
 def _evaluator(root, seed):
