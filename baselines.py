@@ -32,7 +32,9 @@ NOTE (choices and deviations):
   - draft-50 means the last min(50, T) steps: full back-propagation up to T = 50 (DRaFT-full).
   - DRTune's credit to early steps travels through the sampler's x_t term, which exists for an
     eps-predicting model (MLD); an x0-predicting model (MDM) has x0_hat = x0_theta(sg(x_t)), so under
-    DRTune only the stop step itself receives gradient (tests/test_baselines.py shows both).
+    DRTune only the stop step itself can receive gradient, and for MDM the stop step is therefore
+    always trained (one step more than K at times; otherwise ~90% of trajectories would have no
+    gradient at all). tests/test_baselines.py shows both.
   - Every baseline keeps CFG with gradient through both branches; no LoRA (full denoiser) by default.
 
 Run:  python baselines.py compare --backbone mld [--budget-min 2]       # Table 1 at equal wall clock
@@ -137,6 +139,8 @@ def baseline_update(method, gen, reward_fn, captions, lengths, cfg, opt, params,
     """One trajectory of a baseline: rollout, -R on what it reads, backward, clip, one step."""
     ccfg = ccfg or CompareConfig()
     p = plan(method, cfg.sample_steps, rng, ccfg.drtune_k, ccfg.drtune_m)
+    if p.sg_input and gen.scheduler.prediction_type == "sample":    # MDM under DRTune: see the NOTE above
+        p.grad_steps.add(p.stop)
     guidance = gen.cfg.guidance if cfg.guidance < 0 else cfg.guidance
     with torch.no_grad():
         cond = gen.condition(captions, lengths)
@@ -240,7 +244,7 @@ def compare(ccfg: CompareConfig):
         if m not in METHODS:
             raise data.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
     data.check_ranges(ccfg, budget_min="> 0", trajectories=">= 0", val_checks=">= 1", val_items=">= 1",
-                      drtune_k=">= 1", drtune_m=">= 1", replications=">= 1")
+                      drtune_k=">= 1", drtune_m=">= 1", replications=">= 1", seed=">= 0")
     device = data.pick_device(ccfg.device)
     data.print_config(ccfg, "compare")
     et_cfg = easytune_config(ccfg)
@@ -344,7 +348,7 @@ def memory(steps, preset="default", backbone="mld", batch_size=8, methods=METHOD
             run = lambda: trajectory(m, gen, reward_fn, captions, lengths, cfg, opt, params, rng, g, theta_prime,  # noqa
                                      meter)
             if torch.device(device).type == "cuda":
-                cuda = metrics.cuda_peak_mib(run)
+                _, cuda = metrics.cuda_peak_mib(run)
             else:
                 run()
                 cuda = None
@@ -381,18 +385,23 @@ def main():
             steps = [int(s) for s in a.steps.split(",")]
         except ValueError:
             raise data.InputError(f"--steps {a.steps!r}: comma-separated integers such as 10,20,50,100") from None
+        if not all(1 <= s <= 999 for s in steps):
+            raise data.InputError(f"--steps {a.steps}: each must be in 1..999")
+        data.check_ranges(a, batch_size=">= 1")
+        if a.json:
+            data.output_path(a.json, "--json", (".json",))
         methods = [m.strip() for m in a.methods.split(",")]
         for m in methods:
             if m not in METHODS:
                 raise data.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
         res = memory(steps, a.preset, a.backbone, a.batch_size, methods, data.pick_device(a.device))
         if a.json:
-            os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
             with open(a.json, "w") as f:
                 json.dump(res, f, indent=1)
             plot({m: ([int(t) for t in row], [v["saved_mib"] for v in row.values()]) for m, row in res.items()},
                  "sampling steps T", "peak saved-tensor memory (MiB)", os.path.splitext(a.json)[0] + ".png", log=True)
     else:
+        data.check_ranges(a, steps=(1, 999), probes=">= 1")
         path = os.path.join(a.runs, f"{a.backbone}.pt")
         gen = models.load_generator(path, data.pick_device(a.device))
         res = metrics.jacobian_norms(gen, ["a person walks forward and then turns left"], [80], a.steps, a.probes)

@@ -30,18 +30,24 @@ def _plt():
     return plt
 
 
+def to_plot(p):
+    """HumanML3D (x, y up, z forward) -> matplotlib (x, -z, y), z up. A rotation, not a reflection:
+    plotting (x, z, y) would swap the body's left and right. (..., 3) -> three (...,) arrays."""
+    return p[..., 0], -p[..., 2], p[..., 1]
+
+
 def _draw(ax, joints, t, skel, radius=1.5):
     """One frame of (T, J, 3) joints, the camera following the root; the path drawn on the floor."""
     ax.cla()
-    root = joints[t, 0]
-    ax.set_xlim(root[0] - radius, root[0] + radius)
-    ax.set_ylim(root[2] - radius, root[2] + radius)
+    rx, ry, _ = to_plot(joints[t, 0])
+    ax.set_xlim(rx - radius, rx + radius)
+    ax.set_ylim(ry - radius, ry + radius)
     ax.set_zlim(0, 2 * radius)
-    ax.plot(joints[:, 0, 0], joints[:, 0, 2], 0 * joints[:, 0, 0], color="#999999", lw=1)
+    px, py, _ = to_plot(joints[:, 0])
+    ax.plot(px, py, 0 * px, color="#999999", lw=1)
     for chain, c in zip(skel.chains, COLORS):
-        p = joints[t, list(chain)]
-        ax.plot(p[:, 0], p[:, 2], p[:, 1], color=c, lw=3)   # Y is up: plot (x, z, y)
-    ax.view_init(elev=15, azim=-70)
+        ax.plot(*to_plot(joints[t, list(chain)]), color=c, lw=3)
+    ax.view_init(elev=15, azim=-70)                         # the camera in front of a figure facing +z
     ax.set_axis_off()
 
 
@@ -86,6 +92,7 @@ def main():
     p.add_argument("--joints", help="a (T, J, 3) joints .npy (e.g. written by models.py sample)")
     p.add_argument("--out", required=True, help="output .png or .gif")
     a = p.parse_args()
+    data.output_path(a.out, "--out", (".png", ".gif"))
     if a.joints:
         path, title = a.joints, os.path.basename(a.joints)
     elif a.data and a.name:
@@ -99,8 +106,10 @@ def main():
     joints = data.read_npy(path)
     if joints.ndim == 4:
         joints = joints[0]
-    if joints.ndim != 3 or joints.shape[-1] != 3 or joints.shape[1] not in (22, 21):
+    if joints.ndim != 3 or joints.shape[-1] != 3 or joints.shape[1] not in (22, 21) or not len(joints):
         raise data.InputError(f"{path}: expected (frames, 22 or 21 joints, 3) (HumanML3D or KIT-ML), got {joints.shape}")
+    if not np.isfinite(joints).all():
+        raise data.InputError(f"{path}: contains NaN or Inf")
     skel = data.HUMANML3D if joints.shape[1] == 22 else data.KIT
     if a.out.endswith(".gif"):
         animate([joints], [title], a.out, skel)

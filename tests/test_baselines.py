@@ -108,6 +108,15 @@ def test_drtune_detaches_every_input_and_still_credits_early_steps_through_the_u
     assert not x.requires_grad                                       # ... has no path back to step 0
 
 
+def test_drtune_on_an_x0_model_trains_its_stop_step():
+    """For MDM x0_hat = x0_theta(sg(x_stop)): without its stop step in the plan a DRTune trajectory has no
+    gradient at all (most draws); with it, every trajectory updates."""
+    p = baselines.plan("drtune", 50, np.random.default_rng(0))
+    assert p.stop not in p.grad_steps                                # a draw that would have had no gradient
+    res = baselines.memory([50], preset="tiny", backbone="mdm", batch_size=2, methods=["drtune"], seed=0)
+    assert res["drtune"]["50"]["saved_mib"] > 0
+
+
 def test_memory_is_flat_for_easytune_and_refl_and_grows_for_draft():
     res = baselines.memory([4, 16], preset="tiny", backbone="mdm", batch_size=2,
                            methods=["easytune-step", "refl-10", "draft-50"])
@@ -143,3 +152,12 @@ def test_a_missing_matplotlib_skips_the_plot_with_a_note(monkeypatch, tmp_path, 
     baselines.plot({"a": ([1, 2], [3, 4])}, "x", "y", str(tmp_path / "p.png"))   # benchmarks end cleanly
     assert "matplotlib not installed" in capsys.readouterr().out
     assert not (tmp_path / "p.png").exists()
+
+
+def test_the_stick_figure_is_drawn_by_a_rotation_not_a_mirror():
+    """viz.to_plot maps HumanML3D's right-handed axes (y up) to matplotlib's (z up) with determinant +1,
+    so a left arm is drawn on the figure's left (plotting (x, z, y) has determinant -1: a mirror image)."""
+    import viz
+    basis = np.stack([np.stack(viz.to_plot(e)) for e in np.eye(3)], 1)     # columns: images of e_x, e_y, e_z
+    assert np.allclose(basis @ basis.T, np.eye(3)) and np.isclose(np.linalg.det(basis), 1.0)
+    assert np.allclose(basis[:, 1], [0, 0, 1])                              # HumanML3D's up is the plot's up
