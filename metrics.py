@@ -579,6 +579,7 @@ def stats_table(generators, root, split="val", items=128, steps=50, seed=0, devi
     rows = {"real": motion_stats(b["motion"].to(device), mask)}
     for path in generators:
         gen = models.load_generator(path, device)
+        data.check_same_dataset(root, path, gen)                          # its captions and vocabulary are root's
         x = gen.sample(b["captions"], lengths, steps=steps, generator=torch.Generator(device=device).manual_seed(seed))
         rows[path] = motion_stats((x * gen.std + gen.mean - mean) / std * mask[..., None], mask)
     return rows
