@@ -319,7 +319,8 @@ def dummy_models(preset, backbone, device):
     caps = easytune.PROMPTS
     vocab = data.Vocab.build(caps)
     mp = models.PRESETS[preset][0]
-    gen = models.build_model(models.ModelConfig(backbone=backbone, **mp), vocab).to(device).eval()
+    gen = models.build_model(models.ModelConfig(backbone=backbone, **models.BACKBONE_DEFAULTS[backbone], **mp),
+                             vocab).to(device).eval()                # MDM: its own sampler (eta 1, guidance 2.5)
     gen.mean, gen.std = torch.zeros(263, device=device), torch.ones(263, device=device)
     reward = spl.Reward(dataclasses.replace(spl.RewardConfig(), **spl.PRESETS[preset]), vocab, 263).to(device).eval()
     return gen, reward.requires_grad_(False), caps
