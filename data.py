@@ -436,10 +436,11 @@ def load_stats(root: str) -> tuple:
         path = os.path.join(root, fname)
         if not os.path.isfile(path):
             raise DataError(f"{path}: normalisation statistics not found")
+        raw = read_npy(path)
         try:
-            a = read_npy(path).astype(np.float32)
+            a = raw.astype(np.float32)
         except (ValueError, TypeError):
-            raise DataError(f"{path}: expected numbers, got {read_npy(path).dtype}") from None
+            raise DataError(f"{path}: expected numbers, got {raw.dtype}") from None
         if a.ndim != 1:
             raise DataError(f"{path}: expected a vector, got shape {a.shape}")
         skeleton_for_dims(a.shape[0], path)
@@ -653,11 +654,16 @@ def add_config_args(parser: argparse.ArgumentParser, cfg_cls, skip=()):
 
 
 def check_ranges(cfg, **rules):
-    """Each field against its rule, ">= 1", "> 0", ">= 0" or (lo, hi) inclusive; the first that fails is an
-    InputError naming its flag, before any work (not a ZeroDivisionError minutes into a run)."""
+    """Each field against its rule, ">= 1", "> 0", ">= 0" or (lo, hi) inclusive, and finite; a field left
+    None (an optional flag not given) passes. The first that fails is an InputError naming its flag, before
+    any work (not a ZeroDivisionError minutes into a run)."""
     for name, rule in rules.items():
         v = getattr(cfg, name)
-        if isinstance(rule, tuple):
+        if v is None:
+            continue
+        if not math.isfinite(v):
+            ok, want = False, "finite"
+        elif isinstance(rule, tuple):
             ok, want = rule[0] <= v <= rule[1], f"in {rule[0]}..{rule[1]}"
         else:
             op, bound = rule.split()

@@ -718,11 +718,7 @@ def main():
         data.output_path(tc.out, "--out")
         train(tc)
     else:
-        data.check_ranges(a, seconds="> 0", seed=">= 0", **({"steps": ">= 1"} if a.steps is not None else {}),
-                          **({"guidance": ">= 0"} if a.guidance is not None else {}))
-        for flag, v in (("--seconds", a.seconds), ("--guidance", a.guidance)):
-            if v is not None and not math.isfinite(v):
-                raise data.InputError(f"{flag} {v}: must be finite")
+        data.check_ranges(a, seconds="> 0", seed=">= 0", steps=">= 1", guidance=">= 0")
         data.output_path(a.out, "--out", (".npy",))
         device = data.pick_device(a.device)
         model = load_generator(a.ckpt, device)
