@@ -19,8 +19,6 @@ T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that proto
   compare()   two generators item by item on the same draws, with a 95% interval from resampling the
               split's source motions (not in the paper: its +/- covers replications, not which clips);
               with --reward, also how much of what the evaluator holds against a generator the reward can see.
-  probe()     on evaluate()'s draws: the real motions, their reconstructions through MLD's frozen VAE, the
-              samples, and the samples smoothed in time (where a generator loses to the data; not in the paper).
   Meters      SavedTensorMeter: peak bytes of tensors autograd keeps for backward (parameters excluded,
               shared storage counted once, frees tracked), identical on every device; cuda_peak_mib()
               for the allocator's view on a GPU.
@@ -35,8 +33,7 @@ Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evalu
       python metrics.py grad-norm --generator runs/synth/mld.pt
       python metrics.py compare --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt \\
           --evaluator runs/synth/evaluator.pt --data data/synth [--reward runs/synth/reward.pt]
-      python metrics.py stats --data data/synth --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt
-      python metrics.py probe --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth
+(diagnostics.py holds the diagnostics of the MLD result that are not in the paper: stats and probe.)
 """
 from __future__ import annotations
 
@@ -551,84 +548,31 @@ def jacobian_norms(model, texts, lengths, steps=50, probes=8, seed=0):
             "product": np.sqrt(prod_sq / probes).tolist()}
 
 
-@torch.no_grad()
-def motion_stats(feats, mask):
-    """Mean |x| ("level") and mean |x_{f+1} - x_f| ("change") per part of the HumanML3D vector, over
-    the real frames of normalised features (B, T, D), mask (B, T). It reads neither the evaluator nor
-    the reward, so it can say what fine-tuning changed when those two disagree. -> {part: (level, change)}"""
-    J = (feats.shape[-1] + 1) // 12                       # D = 12 J - 1: 263 -> 22 joints, 251 -> 21
-    parts = {"root": 4, "positions": 3 * (J - 1), "rotations": 6 * (J - 1), "velocities": 3 * J, "feet": 4}
-    m = mask[..., None].float()
-    dm = m[:, 1:] * m[:, :-1]
-    change = (feats[:, 1:] - feats[:, :-1]).abs() * dm
-    out, s = {}, 0
-    for name, n in parts.items():
-        out[name] = (float((feats[..., s:s + n].abs() * m).sum() / (m.sum() * n)),
-                     float(change[..., s:s + n].sum() / (dm.sum() * n)))
-        s += n
-    return out
-
-
-def stats_table(generators, root, split="val", items=128, steps=50, seed=0, device="cpu"):
-    """motion_stats of the real clips and of each generator's samples for the same captions and lengths."""
-    import models
-    ds = data.MotionTextDataset(root, split, seed=seed, deterministic=True)
-    b = data.collate([ds[i] for i in range(min(items, len(ds)))])
-    lengths, mask = b["lengths"].to(device), b["mask"].to(device)
-    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (ds.mean, ds.std))
-    rows = {"real": motion_stats(b["motion"].to(device), mask)}
-    for path in generators:
-        gen = models.load_generator(path, device)
-        data.check_same_dataset(root, path, gen)                          # its captions and vocabulary are root's
-        x = gen.sample(b["captions"], lengths, steps=steps, generator=torch.Generator(device=device).manual_seed(seed))
-        rows[path] = motion_stats((x * gen.std + gen.mean - mean) / std * mask[..., None], mask)
-    return rows
-
-
-def smooth_in_time(feats, lengths, sigma):
-    """Gaussian low-pass along time (sigma in frames) over each clip's real frames; padding untouched.
-    feats (N, T, D) -> the same shape, float32 numpy."""
-    from scipy.ndimage import gaussian_filter1d
-    out = np.array(feats, dtype=np.float32)
-    for i, n in enumerate(np.asarray(lengths).tolist()):
-        out[i, :n] = gaussian_filter1d(out[i, :n], sigma, axis=0, mode="nearest")
-    return out
-
-
-@torch.no_grad()
-def probe(generator, evaluator, root, replications=3, seed=0, device="cpu", split="test", sigma=2.0):
-    """Where does a generator lose to the real motions? On evaluate()'s draws (the same captions, crops,
-    groups and noise, so "samples" is evaluate()'s row), R-P top-1/3, FID and MM-Dist of:
-      real              the split's motions (FID against themselves: 0);
-      reconstruction    decode(encode(x)) of the same motions through the generator's frozen VAE (the
-                        posterior mean; MLD only): what its latent space can express, since EasyTune
-                        tunes only the denoiser;
-      samples           the generator's samples;
-      samples smoothed  the same samples low-passed in time (Gaussian, sigma frames): does the evaluator
-                        object to their frame-to-frame roughness ("What the reward does not see")?
-    Not in the paper: a diagnostic of the MLD result; it trains and selects nothing."""
-    rows = defaultdict(lambda: defaultdict(list))
-    smoothed = f"samples smoothed (sigma {sigma:g})"
-    for r in tqdm(range(replications), desc="probe", mininterval=2):
-        text, real, (fake,), (b, real_x, (fake_x,), emb) = embed_split(
-            evaluator, root, split, seed + r, device, generators=[generator], gen_seed=seed * 1000 + r, keep=True)
-        lengths, mask = b["lengths"].to(device), b["mask"].to(device)
-        x_s = torch.as_tensor(smooth_in_time(fake_x.cpu().numpy(), lengths.cpu(), sigma), device=device)
-        cells = {"real": real, "samples": fake, smoothed: emb(x_s * mask[..., None])}
-        if hasattr(generator, "encode"):                                  # MLD: through its frozen VAE
-            x = (real_x - generator.mean) / generator.std * mask[..., None]                  # (N, T, 263)
-            z0 = generator.encode(x, mask)[0] * generator.latent_scale                       # (N, T/4, latent)
-            cells["reconstruction"] = emb((generator.decode(z0, mask) * generator.std + generator.mean)
-                                          * mask[..., None])
-        for name, e in cells.items():
-            (r1, _, r3), mmd = r_precision(text, e, np.random.default_rng(seed + r))  # evaluate()'s groups
-            for k, v in zip(("R1", "R3", "FID", "MMDist"), (r1, r3, 0.0 if e is real else fid(e, real), mmd)):
-                rows[name][k].append(v)
-    return {name: {k: confidence(v) for k, v in rows[name].items()}
-            for name in ("real", "reconstruction", "samples", smoothed) if name in rows}
-
-
 # -----------------------------------------------------------------------------
+
+
+def scored(sub, name, help, generators=1, replications=3):
+    """A subcommand that scores generators with an evaluator (eval, compare; diagnostics.py's probe): its flags."""
+    s = sub.add_parser(name, help=help)
+    s.add_argument("--generator", required=True, **({"nargs": 2, "metavar": ("A", "B")} if generators == 2 else {}))
+    s.add_argument("--split", default="test", choices=("test", "val"),
+                   help="val: for choices made with a second evaluator (never the test split)")
+    s.add_argument("--evaluator", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--replications", type=int, default=replications)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    return s
+
+
+def loaded(a, device):
+    """The generators and the evaluator of a scored subcommand, each checked against --data -> (gens, ev)."""
+    import models
+    paths = a.generator if isinstance(a.generator, list) else [a.generator]
+    gens, ev = [models.load_generator(g, device) for g in paths], load_evaluator(a.evaluator, device)
+    for path, model in zip(paths + [a.evaluator], gens + [ev]):
+        data.check_same_dataset(a.data, path, model)
+    return gens, ev
 
 
 def main():
@@ -636,23 +580,10 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train-evaluator", help="train the T2M-style evaluator on the train split")
     data.add_config_args(t, EvaluatorConfig)
-
-    def scored(name, help, generators=1, replications=3):           # the flags of eval, compare and probe
-        s = sub.add_parser(name, help=help)
-        s.add_argument("--generator", required=True, **({"nargs": 2, "metavar": ("A", "B")} if generators == 2 else {}))
-        s.add_argument("--split", default="test", choices=("test", "val"),
-                       help="val: for choices made with a second evaluator (never the test split)")
-        s.add_argument("--evaluator", required=True)
-        s.add_argument("--data", required=True)
-        s.add_argument("--replications", type=int, default=replications)
-        s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--device", default="auto")
-        return s
-
-    e = scored("eval", "the Table-1 row of a generator on the test split (or --split val)", replications=20)
+    e = scored(sub, "eval", "the Table-1 row of a generator on the test split (or --split val)", replications=20)
     e.add_argument("--mm", action="store_true", help="also MultiModality (100 captions x 30 samples)")
     e.add_argument("--json", help="write the rows here")
-    c = scored("compare", "b vs a, item by item, with an interval over the split's source motions", generators=2)
+    c = scored(sub, "compare", "b vs a, item by item, with an interval over the split's source motions", generators=2)
     c.add_argument("--reward", default=None, help="also: where a's misses are that this reward (spl.py) cannot see")
     gn = sub.add_parser("grad-norm", help="Figure 3: Jacobian norms along the denoising chain")
     gn.add_argument("--generator", required=True)
@@ -661,30 +592,14 @@ def main():
     gn.add_argument("--text", default="a person walks forward and then turns left")
     gn.add_argument("--png", default=None, help="also draw the curves (needs matplotlib)")
     gn.add_argument("--device", default="auto")
-    st = sub.add_parser("stats", help="feature level and frame-to-frame change, real vs generated (no evaluator)")
-    st.add_argument("--generator", nargs="+", required=True)
-    st.add_argument("--data", required=True)
-    st.add_argument("--split", default="val")
-    st.add_argument("--items", type=int, default=128)
-    st.add_argument("--device", default="auto")
-    pr = scored("probe", "real motions, the frozen VAE's reconstructions (MLD), samples, smoothed samples")
-    pr.add_argument("--sigma", type=float, default=2.0, help="frames; the smoothing's Gaussian width")
     argv = sys.argv[1:]
     a = p.parse_args(argv)
-    rules = {"replications": ">= 1", "sigma": "> 0", "items": ">= 1", "steps": ">= 1", "probes": ">= 1",
+    rules = {"replications": ">= 1", "steps": ">= 1", "probes": ">= 1",
              "seed": ">= 0", "lr": "> 0", "margin": "> 0", "hidden": ">= 1", "word_dim": ">= 1", "out_dim": ">= 1"}
     data.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
     for flag in ("json", "png"):
         if getattr(a, flag, None):
             data.output_path(getattr(a, flag), f"--{flag}", (f".{flag}",))
-    def loaded(device):                         # eval, compare, probe: the generators and the evaluator of --data
-        import models
-        paths = a.generator if isinstance(a.generator, list) else [a.generator]
-        gens, ev = [models.load_generator(g, device) for g in paths], load_evaluator(a.evaluator, device)
-        for path, model in zip(paths + [a.evaluator], gens + [ev]):
-            data.check_same_dataset(a.data, path, model)
-        return gens, ev
-
     if a.cmd == "train-evaluator":
         cfg = data.config_from_args(EvaluatorConfig, a)
         if cfg.preset not in EVALUATOR_PRESETS:
@@ -695,7 +610,7 @@ def main():
         train_evaluator(cfg)
     elif a.cmd == "eval":
         device = data.pick_device(a.device)
-        (gen,), ev = loaded(device)
+        (gen,), ev = loaded(a, device)
         t0 = time.time()
         rows = {"real": evaluate_real(ev, a.data, a.replications, a.seed, device, split=a.split),
                 "generator": evaluate(gen, ev, a.data, a.replications, a.seed, device, mm=a.mm, split=a.split)}
@@ -707,7 +622,7 @@ def main():
                 json.dump(rows, f, indent=1)
     elif a.cmd == "compare":
         device = data.pick_device(a.device)
-        gens, ev = loaded(device)
+        gens, ev = loaded(a, device)
         second = None
         if a.reward:
             import spl
@@ -729,21 +644,6 @@ def main():
             print(f"  of the {n['gap']} items where the evaluator retrieves the real motion but not a's sample, the"
                   f" reward retrieves a's sample in {n['gap, second retrieves a']}"
                   f" ({100 * n['gap, second retrieves a'] / max(n['gap'], 1):.0f}%)")
-    elif a.cmd == "probe":
-        device = data.pick_device(a.device)
-        t0 = time.time()
-        (gen,), ev = loaded(device)
-        rows = probe(gen, ev, a.data, a.replications, a.seed, device, a.split, a.sigma)
-        for name, row in rows.items():
-            print(f"{name:>28}: " + "  ".join(f"{k} {v['mean']:.3f}±{v['ci']:.3f}" for k, v in row.items()))
-        print(f"({a.split} split, {a.replications} replications, {time.time() - t0:.0f}s)")
-    elif a.cmd == "stats":
-        rows = stats_table(a.generator, a.data, a.split, a.items, device=data.pick_device(a.device))
-        parts = list(rows["real"])
-        print(f"{a.split}, {a.items} clips; per part: mean |x| / mean |x_f+1 - x_f| (normalised features)")
-        print(f"{'':>40} " + " ".join(f"{p:>17}" for p in parts))
-        for name, row in rows.items():
-            print(f"{name[-40:]:>40} " + " ".join(f"{row[p][0]:>8.3f}/{row[p][1]:<8.3f}" for p in parts))
     else:
         import models
         device = data.pick_device(a.device)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data
+import diagnostics
 import metrics
 
 
@@ -209,7 +210,7 @@ def test_motion_stats_reads_each_part_of_the_vector_and_ignores_padding():
     x[..., 259:] = -2.0                                                    # feet: constant
     x[:, L:] = 1e6
     mask = torch.arange(T)[None] < torch.tensor([L, L])[:, None]
-    s = metrics.motion_stats(x, mask)
+    s = diagnostics.motion_stats(x, mask)
     assert list(s) == ["root", "positions", "rotations", "velocities", "feet"]
     assert s["positions"][1] == pytest.approx(0.5) and s["positions"][0] == pytest.approx(np.mean(0.5 * np.arange(L) + 1))
     assert s["feet"] == pytest.approx((2.0, 0.0)) and s["rotations"] == (0.0, 0.0) and s["root"] == (0.0, 0.0)
@@ -268,7 +269,7 @@ def test_smoothing_in_time_keeps_a_ramp_and_the_padding_and_damps_jitter():
     ramp = np.tile(np.arange(T, dtype=np.float32)[:, None], (1, 3))
     ramp[n:] = 99.0                                                          # padding after `n` real frames
     jitter = np.random.default_rng(0).normal(size=(T, 3)).astype(np.float32)
-    out = metrics.smooth_in_time(np.stack([ramp, jitter]), [n, T], sigma=1.5)
+    out = diagnostics.smooth_in_time(np.stack([ramp, jitter]), [n, T], sigma=1.5)
     assert np.allclose(out[0, 8:n - 8], ramp[8:n - 8], atol=1e-4) and (out[0, n:] == 99.0).all()
     assert np.abs(np.diff(out[1], axis=0)).mean() < 0.5 * np.abs(np.diff(jitter, axis=0)).mean()
 
@@ -283,7 +284,7 @@ def test_probe_rows_are_evaluates_and_an_identity_vae_reconstructs_the_real_row(
     gen.encode = lambda x, mask: (x, torch.zeros_like(x))                  # an exact VAE for features (N, T, D),
     gen.decode = lambda z, mask: (z / gen.latent_scale * mask[..., None] if z.shape[-1] == D
                                   else decode(z, mask))                    # the real decoder for sampled latents
-    rows = metrics.probe(gen, tiny_evaluator, tiny_data, replications=2, seed=3)
+    rows = diagnostics.probe(gen, tiny_evaluator, tiny_data, replications=2, seed=3)
     row = metrics.evaluate(gen, tiny_evaluator, tiny_data, replications=2, seed=3)
     for k in ("R1", "R3", "FID", "MMDist"):
         assert rows["samples"][k]["mean"] == pytest.approx(row[k]["mean"], abs=1e-9)
@@ -294,10 +295,12 @@ def test_probe_rows_are_evaluates_and_an_identity_vae_reconstructs_the_real_row(
 
 def test_metrics_cli_refuses_empty_counts_before_any_work(tmp_path):
     """`eval --replications 0` printed empty rows (rc 0); now one line and exit 2, before a file is read."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "metrics.py")
-    for args, msg in ((["eval", "--generator", "g", "--evaluator", "e", "--data", "d", "--replications", "0"],
-                       "--replications 0: must be >= 1"),
-                      (["probe", "--generator", "g", "--evaluator", "e", "--data", "d", "--sigma", "0"],
-                       "--sigma 0.0: must be > 0")):
-        r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=tmp_path)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for script, args, msg in (
+            ("metrics.py", ["eval", "--generator", "g", "--evaluator", "e", "--data", "d", "--replications", "0"],
+             "--replications 0: must be >= 1"),
+            ("diagnostics.py", ["probe", "--generator", "g", "--evaluator", "e", "--data", "d", "--sigma", "0"],
+             "--sigma 0.0: must be > 0")):
+        r = subprocess.run([sys.executable, os.path.join(here, script), *args], capture_output=True, text=True,
+                           cwd=tmp_path)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
