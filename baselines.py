@@ -58,6 +58,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+import common
 import data
 import easytune
 import metrics
@@ -111,7 +112,7 @@ def plan(method: str, T: int, rng, drtune_k=5, drtune_m=10) -> Plan:
         stop = T - 1 - int(rng.integers(min(drtune_m, T)))
         return Plan({phase + j * stride for j in range(drtune_k) if phase + j * stride <= stop}, sg_input=True,
                     stop=stop)
-    raise data.InputError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
+    raise common.InputError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
 
 
 def rollout(gen, cond, T, p: Plan, guidance, g):
@@ -242,11 +243,11 @@ def compare(ccfg: CompareConfig):
     methods = [m.strip() for m in ccfg.methods.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:
-            raise data.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
-    data.check_ranges(ccfg, budget_min="> 0", trajectories=">= 0", val_checks=">= 1", val_items=">= 1",
+            raise common.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
+    common.check_ranges(ccfg, budget_min="> 0", trajectories=">= 0", val_checks=">= 1", val_items=">= 1",
                       drtune_k=">= 1", drtune_m=">= 1", replications=">= 1", seed=">= 0")
-    device = data.pick_device(ccfg.device)
-    data.print_config(ccfg, "compare")
+    device = common.pick_device(ccfg.device)
+    common.print_config(ccfg, "compare")
     et_cfg = easytune_config(ccfg)
     run_dir, root, _ = easytune.prerequisites(et_cfg, device)
     out = os.path.join(run_dir, "compare", ccfg.backbone)
@@ -295,7 +296,7 @@ def plot(series, xlabel, ylabel, png, log=False):
     import viz
     try:
         plt = viz._plt()
-    except data.InputError:
+    except common.InputError:
         print(f"matplotlib not installed: no {png} (pip install matplotlib)")
         return
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -363,7 +364,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compare", help="Table 1 (+ Table S9, Figure S1) at an equal budget")
-    data.add_config_args(c, CompareConfig)
+    common.add_config_args(c, CompareConfig)
     mm = sub.add_parser("memory", help="Figure 6: peak saved-tensor memory against T")
     mm.add_argument("--steps", default="10,20,50,100")
     mm.add_argument("--preset", default="default", choices=["tiny", "default"])
@@ -380,31 +381,31 @@ def main():
     v.add_argument("--device", default="auto")
     a = p.parse_args()
     if a.cmd == "compare":
-        compare(data.config_from_args(CompareConfig, a))
+        compare(common.config_from_args(CompareConfig, a))
     elif a.cmd == "memory":
         try:
             steps = [int(s) for s in a.steps.split(",")]
         except ValueError:
-            raise data.InputError(f"--steps {a.steps!r}: comma-separated integers such as 10,20,50,100") from None
+            raise common.InputError(f"--steps {a.steps!r}: comma-separated integers such as 10,20,50,100") from None
         if not all(1 <= s <= 999 for s in steps):
-            raise data.InputError(f"--steps {a.steps}: each must be in 1..999")
-        data.check_ranges(a, batch_size=">= 1")
+            raise common.InputError(f"--steps {a.steps}: each must be in 1..999")
+        common.check_ranges(a, batch_size=">= 1")
         if a.json:
-            data.output_path(a.json, "--json", (".json",))
+            common.output_path(a.json, "--json", (".json",))
         methods = [m.strip() for m in a.methods.split(",")]
         for m in methods:
             if m not in METHODS:
-                raise data.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
-        res = memory(steps, a.preset, a.backbone, a.batch_size, methods, data.pick_device(a.device))
+                raise common.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
+        res = memory(steps, a.preset, a.backbone, a.batch_size, methods, common.pick_device(a.device))
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(res, f, indent=1)
             plot({m: ([int(t) for t in row], [v["saved_mib"] for v in row.values()]) for m, row in res.items()},
                  "sampling steps T", "peak saved-tensor memory (MiB)", os.path.splitext(a.json)[0] + ".png", log=True)
     else:
-        data.check_ranges(a, steps=(1, 999), probes=">= 1")
+        common.check_ranges(a, steps=(1, 999), probes=">= 1")
         path = os.path.join(a.runs, f"{a.backbone}.pt")
-        gen = models.load_generator(path, data.pick_device(a.device))
+        gen = models.load_generator(path, common.pick_device(a.device))
         res = metrics.jacobian_norms(gen, ["a person walks forward and then turns left"], [80], a.steps, a.probes)
         print(f"{'i':>3} {'t':>4} {'|d pi/d x_t|':>13} {'|d x_0/d x_t| (Eq. 5)':>22}")
         for i, (t, s, pr) in enumerate(zip(res["t"], res["step"], res["product"])):
@@ -414,4 +415,4 @@ def main():
 
 
 if __name__ == "__main__":
-    data.cli(main)
+    common.cli(main)

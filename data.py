@@ -22,38 +22,26 @@ Run:
     python data.py synth --out data/synth --motions 1600 --seed 0   # write the embedded benchmark
     python data.py check --data data/synth                           # validate any such folder
 
-The bottom of this file holds the plumbing every module shares (errors that name the bad input,
-atomic checkpoints, dataclass configs as argparse flags), so each later file only imports it.
+The plumbing every module shares (errors that exit 2, checkpoints, configs as flags) is common.py.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import re
-import sys
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-# -----------------------------------------------------------------------------
-# Errors: every bad input raises one of these with the file/argument and what is wrong.
+import common
 
 
-class InputError(ValueError):
-    """A file, folder or argument is not what it should be. The CLI turns it into exit code 2."""
-
-
-class DataError(InputError):
+class DataError(common.InputError):
     """A dataset folder, clip or caption line is malformed."""
-
-
-class CheckpointError(InputError):
-    """A checkpoint is missing, corrupt, truncated, or does not fit the model it is loaded into."""
 
 
 # -----------------------------------------------------------------------------
@@ -618,155 +606,13 @@ def check(root: str) -> dict:
     return summary
 
 
-# -----------------------------------------------------------------------------
-# Shared plumbing: devices, seeds, configs as flags, atomic checkpoints, the CLI wrapper.
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r}: auto, cpu, cuda or cuda:N") from None
-
-
-def seed_everything(seed: int):
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def add_config_args(parser: argparse.ArgumentParser, cfg_cls, skip=()):
-    """One --flag per dataclass field, defaults taken from the dataclass (the single source)."""
-    for f in dataclasses.fields(cfg_cls):
-        if f.name in skip:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kind = type(default)
-        if kind is bool:
-            assert not default, f"{cfg_cls.__name__}.{f.name}: a switch defaults to False"
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", help="(a switch)")
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind if kind in (int, float, str) else str,
-                                default=default, help=f"(default {default})")
-
-
-def check_ranges(cfg, **rules):
-    """Each field against its rule, ">= 1", "> 0", ">= 0" or (lo, hi) inclusive, and finite; a field left
-    None (an optional flag not given) passes. The first that fails is an InputError naming its flag, before
-    any work (not a ZeroDivisionError minutes into a run)."""
-    for name, rule in rules.items():
-        v = getattr(cfg, name)
-        if v is None:
-            continue
-        if not math.isfinite(v):
-            ok, want = False, "finite"
-        elif isinstance(rule, tuple):
-            ok, want = rule[0] <= v <= rule[1], f"in {rule[0]}..{rule[1]}"
-        else:
-            op, bound = rule.split()
-            ok, want = (v > float(bound)) if op == ">" else (v >= float(bound)), rule
-        if not ok:
-            raise InputError(f"--{name.replace('_', '-')} {v}: must be {want}")
-
-
-def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
-    """The destinations the command line set explicitly (even to their default value). argparse fills a
-    default only where the namespace lacks the attribute, so a namespace pre-filled with a marker keeps the
-    marker wherever nothing was given."""
-    unset = object()
-    ns = argparse.Namespace(**{k: unset for k in vars(parser.parse_args(argv))})
-    return {k for k, v in vars(parser.parse_args(argv, namespace=ns)).items() if v is not unset}
-
-
-def config_from_args(cfg_cls, args, **override):
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values.update(override)
-    return cfg_cls(**values)
-
-
-def output_path(path: str, flag: str, suffixes: tuple = ()) -> str:
-    """Check an output path before any work (not after it): not a folder, one of the suffixes if given;
-    its folder is made. -> path."""
-    if os.path.isdir(path):
-        raise InputError(f"{flag} {path}: is a folder, give a file name")
-    if suffixes and not path.endswith(suffixes):
-        raise InputError(f"{flag} {path}: must end in {' or '.join(suffixes)}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return path
-
-
-def print_config(cfg, title: str = "config"):
-    print(f"{title}: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), flush=True)
-
-
-def atomic_save(obj, path: str):
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a
-    half-written checkpoint under the real name."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str, kind: str | None = None) -> dict:
-    """Load a plain-dict checkpoint with weights_only=True; clear errors for a missing, corrupt or
-    truncated file, or for a checkpoint of another kind (e.g. a reward where a generator was asked)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: " + ("a folder, not a checkpoint" if os.path.isdir(path) else "checkpoint not found"))
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: "
-                              f"{(str(e).splitlines() or ['empty file'])[0][:120]})") from None
-    if not isinstance(ck, dict) or "kind" not in ck:
-        raise CheckpointError(f"{path}: not a checkpoint of this project (no 'kind' entry)")
-    if kind is not None and ck["kind"] != kind:
-        raise CheckpointError(f"{path}: expected a '{kind}' checkpoint, got '{ck['kind']}'")
-    return ck
-
-
 def check_same_dataset(root: str, path: str, module: torch.nn.Module):
     """A generator, reward or evaluator carries its training folder's Mean; another folder's Mean means
     another dataset, whose features and captions the model would read wrongly without a word."""
     mean = load_stats(root)[0]
     own = module.mean.detach().cpu().numpy()
     if own.shape != mean.shape or not np.allclose(own, mean, rtol=1e-5, atol=1e-6):
-        raise InputError(f"{path}: trained on another dataset than {root} (its Mean.npy differs)")
-
-
-def load_state(module: torch.nn.Module, state: dict, path: str):
-    """load_state_dict that names what differs instead of a state-dict traceback."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append("shape mismatch " + "; ".join(shapes[:3]))
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise CheckpointError(f"{path}: does not fit the model config: " + ", ".join(parts))
-    module.load_state_dict(state)
-
-
-def cli(main):
-    """Run a module's main(); bad input prints 'error: ...' and exits with code 2, no traceback."""
-    try:
-        main()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        raise common.InputError(f"{path}: trained on another dataset than {root} (its Mean.npy differs)")
 
 
 # -----------------------------------------------------------------------------
@@ -785,8 +631,8 @@ def main():
     if args.cmd == "synth":
         import synth
         if args.motions < 20:                                       # val holds 5%: one clip from 20 on
-            raise InputError(f"--motions {args.motions}: need at least 20 clips, so that val (5%) holds one")
-        check_ranges(args, seed=">= 0")
+            raise common.InputError(f"--motions {args.motions}: need at least 20 clips, so that val (5%) holds one")
+        common.check_ranges(args, seed=">= 0")
         synth.write_dataset(args.out, args.motions, args.seed)
     summary = check(args.out if args.cmd == "synth" else args.data)
     for k, v in summary.items():
@@ -794,5 +640,4 @@ def main():
 
 
 if __name__ == "__main__":
-    import data  # noqa: F811 -- run as the module synth.py imports, so its errors are the classes cli() catches
-    data.cli(data.main)
+    common.cli(main)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import common
 import data
 import metrics
 
@@ -122,8 +123,8 @@ def main():
     pr.add_argument("--sigma", type=float, default=2.0, help="frames; the smoothing's Gaussian width")
     a = p.parse_args()
     rules = {"replications": ">= 1", "sigma": "> 0", "items": ">= 1", "seed": ">= 0"}
-    data.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
-    device = data.pick_device(a.device)
+    common.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
+    device = common.pick_device(a.device)
     if a.cmd == "probe":
         t0 = time.time()
         (gen,), ev = metrics.loaded(a, device)
@@ -141,4 +142,4 @@ def main():
 
 
 if __name__ == "__main__":
-    data.cli(main)
+    common.cli(main)

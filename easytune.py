@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import common
 import data
 import metrics
 import models
@@ -130,22 +131,22 @@ class RewardFn:
 
     def __init__(self, reward, gen, root, form="similarity"):
         if form not in ("contrastive", "similarity"):
-            raise data.InputError(f"--reward-form {form!r}: contrastive or similarity")
+            raise common.InputError(f"--reward-form {form!r}: contrastive or similarity")
         self.reward, self.gen, self.form = reward, gen, form
         self.is_evaluator = isinstance(reward, metrics.Evaluator)
         if self.is_evaluator:
             if form != "similarity":
-                raise data.InputError("--reward-form contrastive needs a spl.py reward, not an evaluator")
+                raise common.InputError("--reward-form contrastive needs a spl.py reward, not an evaluator")
             self.tokens = caption_tokens(root)                             # the evaluator reads words + POS
         if form != "similarity" and isinstance(reward, spl.RewardEnsemble):
-            raise data.InputError("--reward-form contrastive needs one spl.py reward, not an ensemble")
+            raise common.InputError("--reward-form contrastive needs one spl.py reward, not an ensemble")
         self.bank = reward.caption_bank(root) if form == "contrastive" else None   # 512 training captions
 
     def __call__(self, feats, lengths, captions, alpha_bar=None):
         mask = (feats != 0).any(-1, keepdim=True)
         if self.is_evaluator:
             if alpha_bar is not None:
-                raise data.InputError("an evaluator as the reward reads clean motion: use --reward-input x0")
+                raise common.InputError("an evaluator as the reward reads clean motion: use --reward-input x0")
             text = self.reward.embed_text([self.tokens[c] for c in captions])
             return -(self.embed(feats, lengths, mask) - text).norm(dim=-1)               # (B,)
         x = to_reward_space(feats, self.gen, self.reward) * mask
@@ -197,7 +198,7 @@ def trained_steps(spec: str, T: int, rng) -> list:
         return list(range(T))
     kind, _, k = spec.partition(":")
     if kind not in ("last", "first", "random") or not k.isdigit() or not 1 <= int(k) <= T:
-        raise data.InputError(f"--train-steps {spec!r}: all, last:K, first:K or random:K with 1 <= K <= {T}")
+        raise common.InputError(f"--train-steps {spec!r}: all, last:K, first:K or random:K with 1 <= K <= {T}")
     k = int(k)
     return {"last": list(range(T - k, T)), "first": list(range(k)),
             "random": sorted(rng.choice(T, k, replace=False).tolist())}[kind]
@@ -296,7 +297,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     train_set = data.MotionTextDataset(root, "train", seed=cfg.seed)
     if cfg.batch_size > len(train_set):
-        raise data.InputError(f"--batch-size {cfg.batch_size}: more than the {len(train_set)} training items of {root}")
+        raise common.InputError(f"--batch-size {cfg.batch_size}: more than the {len(train_set)} training items of {root}")
     reward.requires_grad_(False)
     gen.requires_grad_(False)
     set_guidance(gen, cfg.guidance)            # val checks, and the checkpoints' sampler, use the tuned scale
@@ -306,7 +307,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
     meter = metrics.SavedTensorMeter(gen, reward)
     ckpt_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
     start, end, updates, elapsed, history, best, bad_checks = 0, cfg.trajectories, 0, 0.0, [], None, 0
-    ck = data.load_checkpoint(ckpt_path, "easytune") if cfg.resume and os.path.isfile(ckpt_path) else None
+    ck = common.load_checkpoint(ckpt_path, "easytune") if cfg.resume and os.path.isfile(ckpt_path) else None
     if ck is not None:
         check_resumable(ck, cfg, ckpt_path, device)                                      # before any work
     base = val_score(gen, reward_fn, root, cfg.sample_steps)
@@ -334,7 +335,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
         if os.path.isfile(ckpt_path):                                  # a previous run's: never resumed into this one
             os.remove(ckpt_path)
         open(log_path, "w").close()
-        data.atomic_save(models.generator_checkpoint(merged(gen), selected=None), best_path)  # until val improves
+        common.atomic_save(models.generator_checkpoint(merged(gen), selected=None), best_path)  # until val improves
     gen.eval()
     touched = set(base["touched"])
     bar = tqdm(range(start, end), desc=f"easytune {cfg.method}", initial=start, total=cfg.trajectories,
@@ -360,9 +361,9 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
                        f"{'  * best' if improved else ''}")
             if improved:
                 best = {**score, "trajectory": traj + 1}
-                data.atomic_save(models.generator_checkpoint(merged(gen), selected=best), best_path)
+                common.atomic_save(models.generator_checkpoint(merged(gen), selected=best), best_path)
             bad_checks = 0 if improved else bad_checks + 1
-            data.atomic_save({"kind": "easytune", "model": gen.state_dict(), "optimizer": opt.state_dict(),
+            common.atomic_save({"kind": "easytune", "model": gen.state_dict(), "optimizer": opt.state_dict(),
                               "theta_prime": [q.detach() for q in theta_prime] if theta_prime else None,
                               "trajectory": traj + 1, "updates": updates, "elapsed": time.time() - t0,
                               "history": history, "best": best, "bad_checks": bad_checks, "rng": rng.bit_generator.state,
@@ -383,16 +384,16 @@ def check_resumable(ck: dict, cfg: EasyTuneConfig, path, device):
     """--resume continues the saved run only with its settings (the budget, patience, device may change,
     within the device's kind: a CPU generator's state cannot continue a CUDA one's draws)."""
     if "data_rng" not in ck or "device_type" not in ck:
-        raise data.CheckpointError(f"{path}: written by an older easytune.py (no data order or device saved); drop --resume")
+        raise common.CheckpointError(f"{path}: written by an older easytune.py (no data order or device saved); drop --resume")
     if ck["device_type"] != device.type:
-        raise data.CheckpointError(f"{path}: saved on {ck['device_type']}, resuming on {device.type}: the noise "
+        raise common.CheckpointError(f"{path}: saved on {ck['device_type']}, resuming on {device.type}: the noise "
                                    f"draws cannot continue across kinds of device; --device {ck['device_type']}, or "
                                    "drop --resume")
     saved = ck["config"]
     diff = [f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in dataclasses.asdict(cfg).items()
             if k not in RESUMABLE and saved.get(k) != v]
     if diff:
-        raise data.CheckpointError(f"{path}: --resume with settings other than the saved run's ({'; '.join(diff)});"
+        raise common.CheckpointError(f"{path}: --resume with settings other than the saved run's ({'; '.join(diff)});"
                                    " give the saved values, or drop --resume to start over")
 
 
@@ -427,7 +428,7 @@ def prerequisites(cfg: EasyTuneConfig, device):
     tiny = cfg.preset == "tiny"
     name = os.path.basename(os.path.abspath(cfg.data)) if cfg.data else "synth-tiny" if tiny else "synth"
     if cfg.data and not os.path.isdir(cfg.data):
-        raise data.InputError(f"--data {cfg.data}: folder not found")
+        raise common.InputError(f"--data {cfg.data}: folder not found")
     run = os.path.join(cfg.runs, name)
     os.makedirs(run, exist_ok=True)
     root = cfg.data or os.path.join(run, "data")
@@ -449,7 +450,7 @@ def prerequisites(cfg: EasyTuneConfig, device):
              done=lambda p: os.path.isfile(os.path.join(p, "all.txt")))
 
     def checkpoint(kind):                  # reused if it loads as that kind; a truncated file is an error now
-        return lambda p: os.path.isfile(p) and bool(data.load_checkpoint(p, kind))
+        return lambda p: os.path.isfile(p) and bool(common.load_checkpoint(p, kind))
 
     preset = "tiny" if tiny else "default"
     ev_cfg = metrics.EvaluatorConfig(data=root, out=os.path.join(run, "evaluator.pt"), device=cfg.device,
@@ -464,7 +465,7 @@ def prerequisites(cfg: EasyTuneConfig, device):
     g_cfg = models.TrainConfig(data=root, out=os.path.join(run, f"{cfg.backbone}.pt"), backbone=cfg.backbone,
                                preset=preset, device=cfg.device, resume=True, **models.PRESETS[preset][1])
     step(f"{cfg.backbone} (pretraining)", g_cfg.out, lambda: models.train(g_cfg),
-         done=lambda p: os.path.isfile(p) and data.load_checkpoint(p, "generator").get("done"))
+         done=lambda p: os.path.isfile(p) and common.load_checkpoint(p, "generator").get("done"))
     return run, root, report
 
 
@@ -474,19 +475,19 @@ def load_reward_model(path, test_evaluator, device):
     copy is refused too): the evaluator that reports never trains."""
     if "," in path:
         for p in path.split(","):
-            if data.load_checkpoint(p)["kind"] != "reward":
-                raise data.InputError(f"--reward-model {p}: an ensemble takes spl.py rewards only")
+            if common.load_checkpoint(p)["kind"] != "reward":
+                raise common.InputError(f"--reward-model {p}: an ensemble takes spl.py rewards only")
         return spl.RewardEnsemble([spl.load_reward(p, device) for p in path.split(",")])
-    kind = data.load_checkpoint(path)["kind"]
+    kind = common.load_checkpoint(path)["kind"]
     if kind == "reward":
         return spl.load_reward(path, device)
     if kind != "evaluator":
-        raise data.InputError(f"--reward-model {path}: a '{kind}' checkpoint; expected a spl.py reward "
+        raise common.InputError(f"--reward-model {path}: a '{kind}' checkpoint; expected a spl.py reward "
                               "or a metrics.py evaluator")
     ev, test = metrics.load_evaluator(path, device), metrics.load_evaluator(test_evaluator, device)
     a, b = ev.state_dict(), test.state_dict()
     if a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a):
-        raise data.InputError(f"--reward-model {path}: this is the test evaluator ({test_evaluator}); the "
+        raise common.InputError(f"--reward-model {path}: this is the test evaluator ({test_evaluator}); the "
                               "evaluator that reports the results cannot also be the reward")
     return ev
 
@@ -543,9 +544,9 @@ def render(base, tuned, path_dir, device):
 
 def run(cfg: EasyTuneConfig):
     t_start = time.time()
-    device = data.pick_device(cfg.device)
-    data.seed_everything(cfg.seed)
-    data.print_config(cfg, "easytune")
+    device = common.pick_device(cfg.device)
+    common.seed_everything(cfg.seed)
+    common.print_config(cfg, "easytune")
     run_dir, root, report = prerequisites(cfg, device)
     tag = cfg.backbone + ("-" + "+".join(os.path.splitext(os.path.basename(p))[0] for p in cfg.reward_model.split(","))
                           if cfg.reward_model else "")
@@ -555,9 +556,9 @@ def run(cfg: EasyTuneConfig):
                                os.path.join(run_dir, "evaluator.pt"), device)
     is_ev = isinstance(reward, metrics.Evaluator)
     if (reward.words != metrics.word_vocab(root)) if is_ev else (gen.vocab.itos != reward.vocab.itos):
-        raise data.InputError(f"{gen_path} and the reward were trained on different datasets")
+        raise common.InputError(f"{gen_path} and the reward were trained on different datasets")
     if is_ev and cfg.reward_input != "x0":                                                  # before any work
-        raise data.InputError(f"--reward-model {cfg.reward_model}: an evaluator reads clean motion; add --reward-input x0")
+        raise common.InputError(f"--reward-model {cfg.reward_model}: an evaluator reads clean motion; add --reward-input x0")
     out_dir = os.path.join(run_dir, f"easytune_{tag}")                   # another reward: its own folder
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
@@ -569,7 +570,7 @@ def run(cfg: EasyTuneConfig):
     cache = os.path.join(run_dir, "eval_cache.json")
     rows = {"base": evaluate_cached(gen_path, ev, root, cfg, device, cache),
             "easytune": evaluate_cached(os.path.join(out_dir, "best.pt"), ev, root, cfg, device, cache)}
-    base_ck = data.load_checkpoint(gen_path, "generator")
+    base_ck = common.load_checkpoint(gen_path, "generator")
     rows["base"].update(peak_saved_mib=0.0, time_s=base_ck["log"][-1]["time_s"] if base_ck.get("log") else None)
     rows["easytune"].update(peak_saved_mib=summary["peak_saved_mib"], time_s=summary["time_s"])
     real = metrics.evaluate_real(ev, root, cfg.replications, cfg.seed, device)
@@ -611,28 +612,28 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
     `given`: the fields set explicitly (the command line's flags); None: those that differ from the dataclass
     default, which is all a caller that builds the config in code can say."""
     if cfg.backbone not in ("mld", "mdm"):
-        raise data.InputError(f"--backbone {cfg.backbone!r}: mld or mdm")
+        raise common.InputError(f"--backbone {cfg.backbone!r}: mld or mdm")
     if cfg.preset not in PRESETS:
-        raise data.InputError(f"--preset {cfg.preset!r}: tiny or default")
+        raise common.InputError(f"--preset {cfg.preset!r}: tiny or default")
     if cfg.method not in ("step", "chain"):
-        raise data.InputError(f"--method {cfg.method!r}: step or chain")
+        raise common.InputError(f"--method {cfg.method!r}: step or chain")
     if cfg.weighting not in ("uniform", "increasing", "decreasing"):
-        raise data.InputError(f"--weighting {cfg.weighting!r}: uniform, increasing or decreasing")
+        raise common.InputError(f"--weighting {cfg.weighting!r}: uniform, increasing or decreasing")
     if cfg.reward_input not in ("x0", "noisy"):
-        raise data.InputError(f"--reward-input {cfg.reward_input!r}: x0 or noisy")
+        raise common.InputError(f"--reward-input {cfg.reward_input!r}: x0 or noisy")
     if cfg.reward_form not in ("similarity", "contrastive"):
-        raise data.InputError(f"--reward-form {cfg.reward_form!r}: similarity or contrastive")
+        raise common.InputError(f"--reward-form {cfg.reward_form!r}: similarity or contrastive")
     for path in cfg.reward_model.split(",") if cfg.reward_model else []:              # before minutes of work
         if not os.path.isfile(path):
-            raise data.InputError(f"--reward-model {cfg.reward_model}: {path or 'an empty name'}: checkpoint not found")
+            raise common.InputError(f"--reward-model {cfg.reward_model}: {path or 'an empty name'}: checkpoint not found")
     if not math.isfinite(cfg.guidance):
-        raise data.InputError(f"--guidance {cfg.guidance}: must be finite (< 0: the backbone's own scale)")
+        raise common.InputError(f"--guidance {cfg.guidance}: must be finite (< 0: the backbone's own scale)")
     if given is None:
         default = EasyTuneConfig()
         given = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
     fill = {**BACKBONE_DEFAULTS[cfg.backbone], **PRESETS[cfg.preset]}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in fill.items() if k not in given})
-    data.check_ranges(cfg, trajectories=">= 1", val_every=">= 1", patience=">= 1", replications=">= 1",
+    common.check_ranges(cfg, trajectories=">= 1", val_every=">= 1", patience=">= 1", replications=">= 1",
                       batch_size=">= 1", lr="> 0", clip="> 0", kl_weight=">= 0", lora_rank=">= 0",
                       sample_steps=(1, 999), seed=">= 0")
     trained_steps(cfg.train_steps, cfg.sample_steps, np.random.default_rng(0))          # validates the spec
@@ -642,8 +643,8 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
 def parse(argv=None) -> EasyTuneConfig:
     """The command line -> the resolved config; a flag given wins even where it repeats the dataclass default."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    data.add_config_args(p, EasyTuneConfig)
-    return resolve(data.config_from_args(EasyTuneConfig, p.parse_args(argv)), given=data.given_flags(p, argv))
+    common.add_config_args(p, EasyTuneConfig)
+    return resolve(common.config_from_args(EasyTuneConfig, p.parse_args(argv)), given=common.given_flags(p, argv))
 
 
 def main():
@@ -651,4 +652,4 @@ def main():
 
 
 if __name__ == "__main__":
-    data.cli(main)
+    common.cli(main)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 import warnings
@@ -55,6 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import common
 import data
 
 # -----------------------------------------------------------------------------
@@ -177,17 +177,17 @@ def margin_loss(text, motion, captions, margin, rng=np.random):
 
 
 def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
-    data.seed_everything(cfg.seed)
-    device = data.pick_device(cfg.device)
+    common.seed_everything(cfg.seed)
+    device = common.pick_device(cfg.device)
     train_set = data.MotionTextDataset(cfg.data, "train", seed=cfg.seed)
     if not 2 <= cfg.batch_size <= len(train_set):                        # margin_loss shifts negatives in a batch
-        raise data.InputError(f"--batch-size {cfg.batch_size}: must be in 2..{len(train_set)}, the training items "
+        raise common.InputError(f"--batch-size {cfg.batch_size}: must be in 2..{len(train_set)}, the training items "
                               f"of {cfg.data}")
     model = Evaluator(cfg, word_vocab(cfg.data), train_set.dims).to(device)
     model.mean.copy_(torch.tensor(train_set.mean)), model.std.copy_(torch.tensor(train_set.std))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    data.print_config(cfg, "evaluator")
+    common.print_config(cfg, "evaluator")
     t0, batches = time.time(), iter(())
     bar = tqdm(range(cfg.steps), desc="evaluator", mininterval=2)
     for step in bar:
@@ -207,7 +207,7 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     real = evaluate_real(model, cfg.data, replications=3, seed=cfg.seed, device=device, split="val")
-    data.atomic_save({"kind": "evaluator", "config": dataclasses.asdict(cfg), "words": model.words,
+    common.atomic_save({"kind": "evaluator", "config": dataclasses.asdict(cfg), "words": model.words,
                       "dims": train_set.dims, "model": model.state_dict(), "train_time_s": time.time() - t0,
                       "real_val": real}, cfg.out)
     print(f"evaluator trained in {time.time() - t0:.0f}s -> {cfg.out}; val Real row: {format_row(real)}")
@@ -215,9 +215,9 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
 
 
 def load_evaluator(path: str, device="cpu") -> Evaluator:
-    ck = data.load_checkpoint(path, "evaluator")
+    ck = common.load_checkpoint(path, "evaluator")
     model = Evaluator(EvaluatorConfig(**ck["config"]), ck["words"], ck["dims"])
-    data.load_state(model, ck["model"], path)
+    common.load_state(model, ck["model"], path)
     return model.to(device).eval()
 
 
@@ -579,7 +579,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train-evaluator", help="train the T2M-style evaluator on the train split")
-    data.add_config_args(t, EvaluatorConfig)
+    common.add_config_args(t, EvaluatorConfig)
     e = scored(sub, "eval", "the Table-1 row of a generator on the test split (or --split val)", replications=20)
     e.add_argument("--mm", action="store_true", help="also MultiModality (100 captions x 30 samples)")
     e.add_argument("--json", help="write the rows here")
@@ -596,20 +596,20 @@ def main():
     a = p.parse_args(argv)
     rules = {"replications": ">= 1", "steps": ">= 1", "probes": ">= 1",
              "seed": ">= 0", "lr": "> 0", "margin": "> 0", "hidden": ">= 1", "word_dim": ">= 1", "out_dim": ">= 1"}
-    data.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
+    common.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
     for flag in ("json", "png"):
         if getattr(a, flag, None):
-            data.output_path(getattr(a, flag), f"--{flag}", (f".{flag}",))
+            common.output_path(getattr(a, flag), f"--{flag}", (f".{flag}",))
     if a.cmd == "train-evaluator":
-        cfg = data.config_from_args(EvaluatorConfig, a)
+        cfg = common.config_from_args(EvaluatorConfig, a)
         if cfg.preset not in EVALUATOR_PRESETS:
-            raise data.InputError(f"--preset {cfg.preset!r}: tiny or default")
-        given = data.given_flags(t, argv[1:])                            # a flag given wins, even at its default
+            raise common.InputError(f"--preset {cfg.preset!r}: tiny or default")
+        given = common.given_flags(t, argv[1:])                            # a flag given wins, even at its default
         cfg = dataclasses.replace(cfg, **{k: v for k, v in EVALUATOR_PRESETS[cfg.preset].items() if k not in given})
-        data.output_path(cfg.out, "--out")
+        common.output_path(cfg.out, "--out")
         train_evaluator(cfg)
     elif a.cmd == "eval":
-        device = data.pick_device(a.device)
+        device = common.pick_device(a.device)
         (gen,), ev = loaded(a, device)
         t0 = time.time()
         rows = {"real": evaluate_real(ev, a.data, a.replications, a.seed, device, split=a.split),
@@ -621,7 +621,7 @@ def main():
             with open(a.json, "w") as f:
                 json.dump(rows, f, indent=1)
     elif a.cmd == "compare":
-        device = data.pick_device(a.device)
+        device = common.pick_device(a.device)
         gens, ev = loaded(a, device)
         second = None
         if a.reward:
@@ -646,7 +646,7 @@ def main():
                   f" ({100 * n['gap, second retrieves a'] / max(n['gap'], 1):.0f}%)")
     else:
         import models
-        device = data.pick_device(a.device)
+        device = common.pick_device(a.device)
         gen = models.load_generator(a.generator, device)
         res = jacobian_norms(gen, [a.text], [80], a.steps, a.probes)
         print(f"{'step':>4} {'t':>4} {'|dpi/dx_t|/sqrt(d)':>20} {'|prod|/sqrt(d)':>16}")
@@ -665,4 +665,4 @@ def main():
 
 
 if __name__ == "__main__":
-    data.cli(main)
+    common.cli(main)

@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import common
 import data
 
 # -----------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def make_betas(schedule: str, T: int = 1000) -> torch.Tensor:
         f = lambda t: torch.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
         t = torch.arange(T, dtype=torch.float64)
         return (1 - f(t + 1) / f(t)).clamp(max=0.999)
-    raise data.InputError(f"unknown noise schedule {schedule!r} (scaled_linear or cosine)")
+    raise common.InputError(f"unknown noise schedule {schedule!r} (scaled_linear or cosine)")
 
 
 class DDIMScheduler:
@@ -78,7 +79,7 @@ class DDIMScheduler:
     def set_timesteps(self, num_inference_steps: int):
         most = self.num_train_timesteps - self.steps_offset          # the first timestep must exist: 999 with offset 1
         if not 1 <= num_inference_steps <= most:
-            raise data.InputError(f"steps={num_inference_steps}: must be in 1..{most}")
+            raise common.InputError(f"steps={num_inference_steps}: must be in 1..{most}")
         self.step_ratio = self.num_train_timesteps // num_inference_steps
         self.timesteps = (torch.arange(num_inference_steps - 1, -1, -1) * self.step_ratio + self.steps_offset).long()
 
@@ -105,7 +106,7 @@ class DDIMScheduler:
             x0 = model_output
             eps = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
         else:
-            raise data.InputError(f"prediction_type {kind!r}: epsilon or sample")
+            raise common.InputError(f"prediction_type {kind!r}: epsilon or sample")
         sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()     # DDIM Eq. 16
         x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
         if eta > 0:
@@ -224,7 +225,7 @@ def inject_lora(module: nn.Module, r: int = 8, alpha: float = 16.0, targets=("q"
                 setattr(parent, name, lora)
                 wrapped.append(lora)
     if not wrapped:
-        raise data.InputError(f"inject_lora: no nn.Linear named {targets} found")
+        raise common.InputError(f"inject_lora: no nn.Linear named {targets} found")
     return wrapped
 
 
@@ -293,9 +294,9 @@ BACKBONE_DEFAULTS = {"mld": {}, "mdm": {"guidance": 2.5, "eta": 1.0}}
 
 def model_config(backbone: str, preset: str) -> ModelConfig:
     if backbone not in BACKBONE_DEFAULTS:
-        raise data.InputError(f"--backbone {backbone!r}: choose mld or mdm")
+        raise common.InputError(f"--backbone {backbone!r}: choose mld or mdm")
     if preset not in PRESETS:
-        raise data.InputError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        raise common.InputError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
     return ModelConfig(backbone=backbone, **BACKBONE_DEFAULTS[backbone], **PRESETS[preset][0])
 
 
@@ -354,7 +355,7 @@ class Backbone(nn.Module):
     def condition(self, texts: list, lengths) -> Cond:
         lengths = torch.as_tensor(lengths, device=self.device).long()
         if (lengths % self.cfg.patch).any() or lengths.min() < self.cfg.patch or lengths.max() > self.cfg.max_frames:
-            raise data.InputError(f"lengths must be multiples of {self.cfg.patch} frames in "
+            raise common.InputError(f"lengths must be multiples of {self.cfg.patch} frames in "
                                   f"{self.cfg.patch}..{self.cfg.max_frames}, got {lengths.tolist()}")
         ids, pad = self.vocab.batch(texts, self.cfg.max_words)
         ids, pad = ids.to(self.device), pad.to(self.device)
@@ -538,15 +539,15 @@ def build_model(cfg: ModelConfig, vocab: data.Vocab, dims: int = 263) -> Backbon
 
 def load_generator(path: str, device="cpu") -> Backbone:
     """A pretrained (or fine-tuned) MLD / MDM from its checkpoint, in eval mode."""
-    ck = data.load_checkpoint(path, "generator")
+    ck = common.load_checkpoint(path, "generator")
     try:
         cfg = ModelConfig(**ck["model_config"])
         model = build_model(cfg, data.Vocab(ck["vocab"]), int(ck["dims"]))
         model.mean, model.std = ck["model"]["mean"], ck["model"]["std"]  # size the statistics buffers first
     except (TypeError, KeyError) as e:
-        raise data.CheckpointError(f"{path}: incomplete, or its model config does not match this code "
+        raise common.CheckpointError(f"{path}: incomplete, or its model config does not match this code "
                                    f"({type(e).__name__}: {e})") from None
-    data.load_state(model, ck["model"], path)
+    common.load_state(model, ck["model"], path)
     return model.to(device).eval()
 
 
@@ -577,13 +578,13 @@ def to_device(batch, device):
 
 
 def train(tc: TrainConfig) -> Backbone:
-    data.seed_everything(tc.seed)
-    device = data.pick_device(tc.device)
+    common.seed_everything(tc.seed)
+    device = common.pick_device(tc.device)
     mc = model_config(tc.backbone, tc.preset)
     train_set = data.MotionTextDataset(tc.data, "train", seed=tc.seed)
     val_set = data.MotionTextDataset(tc.data, "val", seed=tc.seed + 1, deterministic=True)
     if tc.batch_size > len(train_set):                                   # drop_last would leave no batch
-        raise data.InputError(f"--batch-size {tc.batch_size}: more than the {len(train_set)} training items of "
+        raise common.InputError(f"--batch-size {tc.batch_size}: more than the {len(train_set)} training items of "
                               f"{tc.data}")
     vocab = data.build_vocab(tc.data)
     model = build_model(mc, vocab, train_set.dims).to(device)
@@ -594,11 +595,11 @@ def train(tc: TrainConfig) -> Backbone:
         print("warning: --vae-steps 0: the denoiser learns the latents of an untrained VAE (a timing run, not a model)")
     start_stage, start_step, opt_state, log, data_rng = 0, 0, None, [], None
     if tc.resume and os.path.isfile(tc.out):
-        ck = data.load_checkpoint(tc.out, "generator")
+        ck = common.load_checkpoint(tc.out, "generator")
         if ck["model_config"] != dataclasses.asdict(mc):
-            raise data.CheckpointError(f"{tc.out}: --resume with a different model config "
+            raise common.CheckpointError(f"{tc.out}: --resume with a different model config "
                                        f"(checkpoint {ck['model_config']}, asked {dataclasses.asdict(mc)})")
-        data.load_state(model, ck["model"], tc.out)
+        common.load_state(model, ck["model"], tc.out)
         start_stage, start_step, opt_state, log = ck["stage"], ck["step"], ck["optimizer"], ck["log"]
         torch.set_rng_state(ck["rng"])
         data_rng = ck.get("data_rng")                                     # crops and captions of the next batches
@@ -606,8 +607,8 @@ def train(tc: TrainConfig) -> Backbone:
             torch.cuda.set_rng_state(ck["cuda_rng"], device)
         print(f"resumed {tc.out} at stage {stages[min(start_stage, len(stages) - 1)][0]} step {start_step}")
     print(f"{mc.backbone}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
-    data.print_config(mc, "model")
-    data.print_config(tc, "train")
+    common.print_config(mc, "model")
+    common.print_config(tc, "train")
     t0 = time.time()
     for si, (stage, n_steps) in enumerate(stages):
         if si < start_stage:
@@ -658,7 +659,7 @@ def train(tc: TrainConfig) -> Backbone:
             if (step + 1) % tc.ckpt_every == 0 or last:
                 done = last and si == len(stages) - 1
                 nxt = (si + 1, 0) if last else (si, step + 1)
-                data.atomic_save(generator_checkpoint(model, tc, stage=nxt[0], step=nxt[1], optimizer=None if last
+                common.atomic_save(generator_checkpoint(model, tc, stage=nxt[0], step=nxt[1], optimizer=None if last
                                  else opt.state_dict(), rng=torch.get_rng_state(), log=log, done=done,
                                  data_rng=train_set.rng.bit_generator.state,
                                  cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None), tc.out)
@@ -694,7 +695,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="pretrain MLD or MDM on a HumanML3D-format folder")
-    data.add_config_args(t, TrainConfig)
+    common.add_config_args(t, TrainConfig)
     s = sub.add_parser("sample", help="generate one motion from a caption")
     s.add_argument("--ckpt", required=True)
     s.add_argument("--text", required=True)
@@ -707,25 +708,25 @@ def main():
     argv = sys.argv[1:]
     a = p.parse_args(argv)
     if a.cmd == "train":
-        tc = data.config_from_args(TrainConfig, a)
+        tc = common.config_from_args(TrainConfig, a)
         model_config(tc.backbone, tc.preset)                              # validates backbone and preset
-        given = data.given_flags(t, argv[1:])                            # a flag given wins, even at its default
+        given = common.given_flags(t, argv[1:])                            # a flag given wins, even at its default
         tc = dataclasses.replace(tc, **{k: v for k, v in PRESETS[tc.preset][1].items() if k not in given})
-        data.check_ranges(tc, vae_steps=">= 0", steps=">= 1", batch_size=">= 1", lr="> 0", weight_decay=">= 0",
+        common.check_ranges(tc, vae_steps=">= 0", steps=">= 1", batch_size=">= 1", lr="> 0", weight_decay=">= 0",
                           eval_every=">= 1", ckpt_every=">= 1", seed=">= 0")
         if not os.path.isdir(tc.data):
-            raise data.InputError(f"--data {tc.data}: folder not found (make one with python data.py synth)")
-        data.output_path(tc.out, "--out")
+            raise common.InputError(f"--data {tc.data}: folder not found (make one with python data.py synth)")
+        common.output_path(tc.out, "--out")
         train(tc)
     else:
-        data.check_ranges(a, seconds="> 0", seed=">= 0", steps=">= 1", guidance=">= 0")
-        data.output_path(a.out, "--out", (".npy",))
-        device = data.pick_device(a.device)
+        common.check_ranges(a, seconds="> 0", seed=">= 0", steps=">= 1", guidance=">= 0")
+        common.output_path(a.out, "--out", (".npy",))
+        device = common.pick_device(a.device)
         model = load_generator(a.ckpt, device)
         fps = data.skeleton_for_dims(int(model.mean.shape[0])).fps          # 20 (HumanML3D) or 12.5 (KIT-ML)
         frames = int(round(a.seconds * fps / model.cfg.patch)) * model.cfg.patch
         if not model.cfg.patch <= frames <= model.cfg.max_frames:
-            raise data.InputError(f"--seconds {a.seconds}: must give 1..{model.cfg.max_frames} frames")
+            raise common.InputError(f"--seconds {a.seconds}: must give 1..{model.cfg.max_frames} frames")
         g = torch.Generator(device=device).manual_seed(a.seed)
         feats = model.sample([a.text], [frames], a.steps, a.guidance, generator=g)[0]
         feats = (feats * model.std + model.mean).cpu().numpy()
@@ -737,4 +738,4 @@ def main():
 
 
 if __name__ == "__main__":
-    data.cli(main)
+    common.cli(main)

@@ -59,6 +59,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import common
 import data
 import models
 
@@ -240,23 +241,23 @@ def build(cfg: RewardConfig, device):
 
 def train(cfg: RewardConfig, mode: str) -> Reward:
     """mode 'pretrain': contrastive, noise-aware. mode 'spl': Algorithm 2 from cfg.init."""
-    data.seed_everything(cfg.seed)
-    device = data.pick_device(cfg.device)
+    common.seed_everything(cfg.seed)
+    device = common.pick_device(cfg.device)
     if mode == "spl":
         model = load_reward(cfg.init, device).train()
         if model.vocab.itos != data.build_vocab(cfg.data).itos:
-            raise data.InputError(f"--init {cfg.init}: trained on another dataset's vocabulary than {cfg.data}")
+            raise common.InputError(f"--init {cfg.init}: trained on another dataset's vocabulary than {cfg.data}")
         train_set = data.MotionTextDataset(cfg.data, "train", seed=cfg.seed)
         arch = ("d_model", "heads", "layers", "text_layers", "embed_dim", "patch", "tau")   # the init's, kept
         model.cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in arch})  # saved: what this run did
     else:
         model, train_set = build(cfg, device)
     if not 2 <= cfg.batch_size <= len(train_set):
-        raise data.InputError(f"--batch-size {cfg.batch_size}: must be in 2..{len(train_set)}, the training "
+        raise common.InputError(f"--batch-size {cfg.batch_size}: must be in 2..{len(train_set)}, the training "
                               f"items of {cfg.data}")
     sched = models.DDIMScheduler("cosine", "sample")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    data.print_config(model.cfg, f"reward {mode}")
+    common.print_config(model.cfg, f"reward {mode}")
     t0, log, epoch_stats, batches = time.time(), [], defaultdict(float), iter(())
 
     def end_epoch(step):                                  # one log row per pass over the data (and the last part)
@@ -298,7 +299,7 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
         bar.set_postfix(loss=f"{loss.item():.3f}", tau=f"{model.tau.item():.1f}", refresh=False)
     end_epoch(cfg.steps)
     model.eval()
-    data.atomic_save({"kind": "reward", "config": dataclasses.asdict(model.cfg), "vocab": model.vocab.itos,
+    common.atomic_save({"kind": "reward", "config": dataclasses.asdict(model.cfg), "vocab": model.vocab.itos,
                       "dims": int(model.mean.shape[0]), "model": model.state_dict(), "mode": mode, "log": log,
                       "train_time_s": time.time() - t0}, cfg.out)
     print(f"reward {mode} done in {time.time() - t0:.0f}s -> {cfg.out}")
@@ -306,9 +307,9 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
 
 
 def load_reward(path: str, device="cpu") -> Reward:
-    ck = data.load_checkpoint(path, "reward")
+    ck = common.load_checkpoint(path, "reward")
     model = Reward(RewardConfig(**ck["config"]), data.Vocab(ck["vocab"]), ck["dims"])
-    data.load_state(model, ck["model"], path)
+    common.load_state(model, ck["model"], path)
     return model.to(device).eval()
 
 
@@ -324,7 +325,7 @@ class RewardEnsemble(nn.Module):
         first = members[0]
         for m in members[1:]:
             if m.vocab.itos != first.vocab.itos or not (torch.equal(m.mean, first.mean) and torch.equal(m.std, first.std)):
-                raise data.InputError("--reward-model: the rewards of an ensemble must be trained on one dataset")
+                raise common.InputError("--reward-model: the rewards of an ensemble must be trained on one dataset")
         self.members, self.vocab = nn.ModuleList(members), first.vocab
 
     def forward(self, x, lengths, captions, alpha_bar=None):
@@ -421,7 +422,7 @@ def main(argv=None):
     trainers = {}
     for name, helptext in (("pretrain", "noise-aware contrastive pretraining"), ("spl", "Algorithm 2 from --init")):
         trainers[name] = sub.add_parser(name, help=helptext)
-        data.add_config_args(trainers[name], RewardConfig)
+        common.add_config_args(trainers[name], RewardConfig)
     b = sub.add_parser("bench", help="retrieval R@k of one or more rewards (Tables 4 / S8)")
     b.add_argument("--reward", nargs="+", required=True)
     b.add_argument("--data", required=True)
@@ -433,27 +434,27 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     a = p.parse_args(argv)
     if a.cmd in ("pretrain", "spl"):
-        cfg = data.config_from_args(RewardConfig, a)
+        cfg = common.config_from_args(RewardConfig, a)
         if cfg.preset not in PRESETS:
-            raise data.InputError(f"--preset {cfg.preset!r}: tiny or default")
-        given = data.given_flags(trainers[a.cmd], argv[1:])           # a flag given wins, even at its default
+            raise common.InputError(f"--preset {cfg.preset!r}: tiny or default")
+        given = common.given_flags(trainers[a.cmd], argv[1:])           # a flag given wins, even at its default
         over = {**PRESETS[cfg.preset], **(SPL_DEFAULTS if a.cmd == "spl" and cfg.preset == "default" else {})}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if k not in given})
         if a.cmd == "spl" and not cfg.init:
-            raise data.InputError("spl needs --init PATH, a reward from `spl.py pretrain`")
-        data.check_ranges(cfg, d_model=">= 1", heads=">= 1", layers=">= 1", text_layers=">= 1", embed_dim=">= 1",
+            raise common.InputError("spl needs --init PATH, a reward from `spl.py pretrain`")
+        common.check_ranges(cfg, d_model=">= 1", heads=">= 1", layers=">= 1", text_layers=">= 1", embed_dim=">= 1",
                           patch=">= 1", tau=(1.0, 100.0), p_noise=(0.0, 1.0), max_t=(0, 999), steps=">= 1",
                           lr="> 0", spl_k=">= 1", spl_weight=">= 0", seed=">= 0")
         if cfg.d_model % cfg.heads:
-            raise data.InputError(f"--heads {cfg.heads}: must divide --d-model {cfg.d_model}")
+            raise common.InputError(f"--heads {cfg.heads}: must divide --d-model {cfg.d_model}")
         if data.UNIT_LENGTH % cfg.patch:                                  # clips are whole units of 4 frames
-            raise data.InputError(f"--patch {cfg.patch}: must divide {data.UNIT_LENGTH}, the loader's unit of frames")
-        data.output_path(cfg.out, "--out")
+            raise common.InputError(f"--patch {cfg.patch}: must divide {data.UNIT_LENGTH}, the loader's unit of frames")
+        common.output_path(cfg.out, "--out")
         train(cfg, a.cmd)
     else:
         if a.json:
-            data.output_path(a.json, "--json", (".json",))
-        device = data.pick_device(a.device)
+            common.output_path(a.json, "--json", (".json",))
+        device = common.pick_device(a.device)
         gen = models.load_generator(a.generator, device) if a.generator else None
         samples = {path: models.load_generator(path, device) for path in a.samples}
         rewards = {path: load_reward(path, device) for path in a.reward}
@@ -470,4 +471,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.cli(main)
+    common.cli(main)

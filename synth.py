@@ -33,6 +33,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 import captions
+import common
 import data
 
 FPS = 20
@@ -773,7 +774,7 @@ def write_dataset(out, n_motions, seed):
     80 / 5 / 15 train / val / test split by clip (a clip and its mirror share a split). The folder is
     built as <out>.partial and moved into place at the end: an interrupted run leaves nothing at `out`."""
     if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)):
-        raise data.InputError(f"--out {out}: exists and is not an empty folder; give a new one (nothing was written)")
+        raise common.InputError(f"--out {out}: exists and is not an empty folder; give a new one (nothing was written)")
     t0, final, out = time.time(), out, out.rstrip("/") + ".partial"
     shutil.rmtree(out, ignore_errors=True)
     for sub in ("new_joint_vecs", "new_joints", "texts"):
@@ -821,7 +822,7 @@ def main():
     p.add_argument("--show", type=int, default=3, help="how many clips (default 3)")
     p.add_argument("--seed", type=int, default=0, help="the dataset's seed")
     a = p.parse_args()
-    data.check_ranges(a, show=">= 1", seed=">= 0")
+    common.check_ranges(a, show=">= 1", seed=">= 0")
     for i, s in enumerate(np.random.SeedSequence(a.seed).spawn(a.show)):
         clip = make_clip(np.random.default_rng(s))
         print(f"clip {i:06d}: {' + '.join(clip['primitives'])}, {len(clip['joints']) - 1} frames")
@@ -831,4 +832,4 @@ def main():
 
 
 if __name__ == "__main__":
-    data.cli(main)
+    common.cli(main)

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+import common
 import data
 
 COLORS = ["#d62728", "#1f77b4", "#222222", "#d62728", "#1f77b4"]  # right leg, left leg, spine, arms
@@ -26,7 +27,7 @@ def _plt():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise data.InputError("pictures need matplotlib, an optional extra: pip install matplotlib") from None
+        raise common.InputError("pictures need matplotlib, an optional extra: pip install matplotlib") from None
     return plt
 
 
@@ -92,7 +93,7 @@ def main():
     p.add_argument("--joints", help="a (T, J, 3) joints .npy (e.g. written by models.py sample)")
     p.add_argument("--out", required=True, help="output .png or .gif")
     a = p.parse_args()
-    data.output_path(a.out, "--out", (".png", ".gif"))
+    common.output_path(a.out, "--out", (".png", ".gif"))
     if a.joints:
         path, title = a.joints, os.path.basename(a.joints)
     elif a.data and a.name:
@@ -100,16 +101,16 @@ def main():
         lines = data.load_captions(a.data, a.name)
         title = f"{a.name}: {lines[0][0]}"
     else:
-        raise data.InputError("give --joints FILE, or --data DIR with --name CLIP")
+        raise common.InputError("give --joints FILE, or --data DIR with --name CLIP")
     if not os.path.isfile(path):
-        raise data.InputError(f"{path}: joints file not found")
+        raise common.InputError(f"{path}: joints file not found")
     joints = data.read_npy(path)
     if joints.ndim == 4:
         joints = joints[0]
     if joints.ndim != 3 or joints.shape[-1] != 3 or joints.shape[1] not in (22, 21) or not len(joints):
-        raise data.InputError(f"{path}: expected (frames, 22 or 21 joints, 3) (HumanML3D or KIT-ML), got {joints.shape}")
+        raise common.InputError(f"{path}: expected (frames, 22 or 21 joints, 3) (HumanML3D or KIT-ML), got {joints.shape}")
     if not np.isfinite(joints).all():
-        raise data.InputError(f"{path}: contains NaN or Inf")
+        raise common.InputError(f"{path}: contains NaN or Inf")
     skel = data.HUMANML3D if joints.shape[1] == 22 else data.KIT
     if a.out.endswith(".gif"):
         animate([joints], [title], a.out, skel)
@@ -119,4 +120,4 @@ def main():
 
 
 if __name__ == "__main__":
-    data.cli(main)
+    common.cli(main)

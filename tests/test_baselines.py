@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import baselines
-import data
+import common
 
 CAPS = ["a person waves the left hand", "a person jumps forward twice"]
 T = 12
@@ -136,9 +136,9 @@ def test_every_method_shares_one_optimiser_without_the_kl_term():
 
 
 def test_unknown_method_and_out_of_range_settings_are_clear_errors():
-    with pytest.raises(baselines.data.InputError, match="unknown method 'dpok'"):
+    with pytest.raises(baselines.common.InputError, match="unknown method 'dpok'"):
         baselines.plan("dpok", T, np.random.default_rng(0))
-    with pytest.raises(baselines.data.InputError, match="--val-checks 0: must be >= 1"):   # before any work
+    with pytest.raises(baselines.common.InputError, match="--val-checks 0: must be >= 1"):   # before any work
         baselines.compare(baselines.CompareConfig(val_checks=0))
 
 
@@ -146,7 +146,7 @@ def test_a_missing_matplotlib_skips_the_plot_with_a_note(monkeypatch, tmp_path, 
     import viz
 
     def no_matplotlib():
-        raise data.InputError("pictures need matplotlib, an optional extra: pip install matplotlib")
+        raise common.InputError("pictures need matplotlib, an optional extra: pip install matplotlib")
 
     monkeypatch.setattr(viz, "_plt", no_matplotlib)
     baselines.plot({"a": ([1, 2], [3, 4])}, "x", "y", str(tmp_path / "p.png"))   # benchmarks end cleanly

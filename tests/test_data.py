@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import captions
+import common
 import data
 import synth
 
@@ -333,17 +334,17 @@ def test_bad_inputs_name_the_file(tiny_data, tmp_path):
     with pytest.raises(data.DataError, match=r"Std\.npy: normalisation statistics not found"):
         data.MotionTextDataset(d, "test")
     open(tmp_path / "empty.pt", "w").close()
-    with pytest.raises(data.CheckpointError, match=r"empty\.pt: corrupt or truncated checkpoint"):
-        data.load_checkpoint(str(tmp_path / "empty.pt"))
-    with pytest.raises(data.InputError, match="--device 'gpu'"):
-        data.pick_device("gpu")
+    with pytest.raises(common.CheckpointError, match=r"empty\.pt: corrupt or truncated checkpoint"):
+        common.load_checkpoint(str(tmp_path / "empty.pt"))
+    with pytest.raises(common.InputError, match="--device 'gpu'"):
+        common.pick_device("gpu")
 
 
 def test_synth_writes_all_or_nothing(tmp_path, monkeypatch):
     """A non-empty --out is refused before anything is written; a run killed half-way leaves no dataset."""
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep")
-    with pytest.raises(data.InputError, match="full: exists and is not an empty folder"):
+    with pytest.raises(common.InputError, match="full: exists and is not an empty folder"):
         synth.write_dataset(str(tmp_path / "full"), 4, seed=0)
     assert os.listdir(tmp_path / "full") == ["mine.txt"]
     real, calls = synth.make_clip, []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import data
 import easytune
 import metrics
@@ -259,7 +260,7 @@ def test_step_schedules_and_weights():
     assert easytune.step_weight("increasing", 0, 50) == pytest.approx(0.5)
     assert easytune.step_weight("decreasing", 0, 50) == pytest.approx(1.5)
     for bad in ("last:0", "last:x", "some:3", "random:51"):
-        with pytest.raises(data.InputError, match="--train-steps"):
+        with pytest.raises(common.InputError, match="--train-steps"):
             easytune.trained_steps(bad, 50, rng)
 
 
@@ -351,7 +352,7 @@ def test_backbone_defaults_fill_only_what_was_not_given():
     assert cli("--backbone", "mld", "--kl-weight", "0").kl_weight == 0.0
     assert cli("--backbone=mld", "--preset", "tiny", "--batch-size", "32").batch_size == 32
     for flag, value, want in (("--val-every", "0", ">= 1"), ("--lr", "0.0", "> 0"), ("--sample-steps", "1000", "1..999")):
-        with pytest.raises(data.InputError, match=f"{flag} {value}: must be .*{want}"):   # not a crash minutes later
+        with pytest.raises(common.InputError, match=f"{flag} {value}: must be .*{want}"):   # not a crash minutes later
             cli("--backbone", "mld", flag, value)
 
 
@@ -395,7 +396,7 @@ def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(b
     summary = easytune.finetune(gen, reward, cfg, tiny_data, str(tmp_path), str(tmp_path / "log.jsonl"))
     assert "test" not in read and "val" in read
     assert len(calls) == 3 and summary["best"] is None             # base + 2 checks; nothing beat the base
-    best = data.load_checkpoint(str(tmp_path / "best.pt"), "generator")["model"]
+    best = common.load_checkpoint(str(tmp_path / "best.pt"), "generator")["model"]
     assert all(torch.equal(best[k], before[k]) for k in before)    # best.pt is the pre-trained model
     log = [l for l in open(tmp_path / "log.jsonl")]
     assert len(log) == summary["updates"] == 2 * 3
@@ -415,8 +416,8 @@ def test_resume_after_a_crash_continues_the_run_exactly(build_tiny, tiny_data, t
     def run(out, **over):
         gen, reward = build_tiny("mdm")
         easytune.finetune(gen, reward, dataclasses.replace(cfg, **over), tiny_data, str(out), str(out / "log.jsonl"))
-        ck = data.load_checkpoint(str(out / "last.pt"), "easytune")
-        ck["best.pt"] = data.load_checkpoint(str(out / "best.pt"), "generator")["model"]
+        ck = common.load_checkpoint(str(out / "last.pt"), "easytune")
+        ck["best.pt"] = common.load_checkpoint(str(out / "best.pt"), "generator")["model"]
         log = [{k: v for k, v in json.loads(l).items() if k != "peak_saved_mib"} for l in open(out / "log.jsonl")]
         return ck, log
 
@@ -434,7 +435,7 @@ def test_resume_after_a_crash_continues_the_run_exactly(build_tiny, tiny_data, t
         run(b)
     assert len(open(b / "log.jsonl").readlines()) == 3 * 3          # three trajectories of 3 updates, then killed
     monkeypatch.setattr(easytune, "easytune_trajectory", real)
-    with pytest.raises(data.CheckpointError, match=r"last.pt: --resume with settings .*lr: saved 0.0001, asked 0.001"):
+    with pytest.raises(common.CheckpointError, match=r"last.pt: --resume with settings .*lr: saved 0.0001, asked 0.001"):
         run(b, resume=True, lr=1e-3)
     got, got_log = run(b, resume=True)
     assert got["trajectory"] == want["trajectory"] == 4 and got["updates"] == want["updates"] == 12
@@ -473,18 +474,18 @@ def test_an_evaluator_as_the_reward_is_minus_its_distance_and_never_the_test_eva
         raw = ds.denormalize(b["motion"]) * b["mask"][..., None]
         want = -metrics.euclidean(ev.embed_text(b["tokens"]).numpy(), ev.embed_motion(raw, b["lengths"]).numpy())
     assert np.allclose(r.detach().numpy(), np.diag(want), atol=1e-4)
-    with pytest.raises(data.InputError, match="clean motion"):
+    with pytest.raises(common.InputError, match="clean motion"):
         reward_fn(feats, b["lengths"], b["captions"], alpha_bar=torch.full((4,), 0.5))
-    with pytest.raises(data.InputError, match="contrastive"):
+    with pytest.raises(common.InputError, match="contrastive"):
         easytune.RewardFn(ev, gen, tiny_data, "contrastive")
 
     test_path, copy_path, other_path = (str(tmp_path / n) for n in ("evaluator.pt", "renamed.pt", "second.pt"))
     torch.save(ck, test_path), torch.save(ck, copy_path), torch.save(_evaluator(tiny_data, seed=1)[1], other_path)
-    with pytest.raises(data.InputError, match="renamed.pt: this is the test evaluator"):
+    with pytest.raises(common.InputError, match="renamed.pt: this is the test evaluator"):
         easytune.load_reward_model(copy_path, test_path, "cpu")
     assert isinstance(easytune.load_reward_model(other_path, test_path, "cpu"), metrics.Evaluator)
     torch.save({"kind": "generator"}, str(tmp_path / "gen.pt"))
-    with pytest.raises(data.InputError, match="gen.pt: a 'generator' checkpoint"):
+    with pytest.raises(common.InputError, match="gen.pt: a 'generator' checkpoint"):
         easytune.load_reward_model(str(tmp_path / "gen.pt"), test_path, "cpu")
 
 
@@ -506,14 +507,14 @@ def test_a_reward_ensemble_is_the_mean_of_its_members(build_tiny, tiny_data, tmp
     each = [easytune.RewardFn(m, gen, tiny_data)(x, batch["lengths"], batch["captions"], ab) for m in (r_a, r_b)]
     assert r.shape == (4,) and torch.allclose(r, (each[0] + each[1]) / 2, atol=1e-5)
     assert not torch.allclose(each[0], each[1], atol=1e-3)                  # two different members
-    with pytest.raises(data.InputError, match="an ensemble takes spl.py rewards only"):
+    with pytest.raises(common.InputError, match="an ensemble takes spl.py rewards only"):
         easytune.load_reward_model(f"{a},{ev}", str(tmp_path / "test_evaluator.pt"), "cpu")
     moved = ck(r_b)
     moved["model"] = {**moved["model"], "mean": moved["model"]["mean"] + 1}
     torch.save(moved, other)
-    with pytest.raises(data.InputError, match="trained on one dataset"):
+    with pytest.raises(common.InputError, match="trained on one dataset"):
         easytune.load_reward_model(f"{a},{other}", str(tmp_path / "test_evaluator.pt"), "cpu")
-    with pytest.raises(data.InputError, match="not an ensemble"):
+    with pytest.raises(common.InputError, match="not an ensemble"):
         easytune.RewardFn(ens, gen, tiny_data, "contrastive")
 
 
@@ -535,7 +536,7 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
 
     ck = torch.load(last, weights_only=False)
     torch.save({**ck, "device_type": "cuda"}, last)
-    with pytest.raises(data.CheckpointError, match="last.pt: saved on cuda, resuming on cpu"):
+    with pytest.raises(common.CheckpointError, match="last.pt: saved on cuda, resuming on cpu"):
         run(resume=True)
 
     def killed(*a, **k):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import data
 import models
 
@@ -31,7 +32,7 @@ def test_schedules_match_published_values():
     assert np.allclose(models.DDIMScheduler("cosine").alpha_bar.numpy(), alpha_bar_np("cosine"), atol=1e-6)
     s.set_timesteps(50)
     assert s.timesteps[:3].tolist() == [981, 961, 941] and s.timesteps[-1].item() == 1
-    with pytest.raises(data.InputError, match=r"steps=1000: must be in 1\.\.999"):   # 1000..1: no timestep 1000
+    with pytest.raises(common.InputError, match=r"steps=1000: must be in 1\.\.999"):   # 1000..1: no timestep 1000
         s.set_timesteps(1000)
 
 
@@ -210,7 +211,7 @@ def tiny_mld(tiny_data, tmp_path_factory):
 
 
 def test_tiny_pretraining_lowers_val_loss_and_samples(tiny_mld, tiny_data, tmp_path):
-    ck = data.load_checkpoint(tiny_mld, "generator")
+    ck = common.load_checkpoint(tiny_mld, "generator")
     for stage in ("vae", "denoiser"):
         vals = [e["val_loss"] for e in ck["log"] if e["stage"] == stage]
         assert vals[-1] < vals[0], (stage, vals)
@@ -237,15 +238,15 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_mld, tmp_path):
     ck["model_config"]["d_model"] = 48                                    # mismatched config
     bad = str(tmp_path / "bad.pt")
     torch.save(ck, bad)
-    with pytest.raises(data.CheckpointError, match=r"bad\.pt: does not fit the model config: shape mismatch"):
+    with pytest.raises(common.CheckpointError, match=r"bad\.pt: does not fit the model config: shape mismatch"):
         models.load_generator(bad)
     with open(tiny_mld, "rb") as f:
         blob = f.read()
     with open(tmp_path / "cut.pt", "wb") as f:                            # truncated file
         f.write(blob[: len(blob) // 2])
-    with pytest.raises(data.CheckpointError, match=r"cut\.pt: corrupt or truncated"):
+    with pytest.raises(common.CheckpointError, match=r"cut\.pt: corrupt or truncated"):
         models.load_generator(str(tmp_path / "cut.pt"))
-    with pytest.raises(data.CheckpointError, match="not found"):
+    with pytest.raises(common.CheckpointError, match="not found"):
         models.load_generator(str(tmp_path / "missing.pt"))
 
 
@@ -268,20 +269,20 @@ def test_resume_continues_the_step_count_the_lr_schedule_and_the_batches(tiny_da
     monkeypatch.setattr(models, "validation_loss", crash_on(3))          # dies at step 30, after the step-20 save
     with pytest.raises(KeyboardInterrupt):
         models.train(tc)
-    assert data.load_checkpoint(out)["step"] == 20
+    assert common.load_checkpoint(out)["step"] == 20
     monkeypatch.setattr(models, "validation_loss", crash_on(2))          # resumed: saves at 30, dies at 40
     with pytest.raises(KeyboardInterrupt):
         models.train(dataclasses.replace(tc, resume=True))
     assert "resumed" in capsys.readouterr().out
-    ck = data.load_checkpoint(out)                                       # the lr the optimizer holds for step 30
+    ck = common.load_checkpoint(out)                                       # the lr the optimizer holds for step 30
     assert ck["step"] == 30 and ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
         tc.lr * models.lr_factor(30, tc.steps))                          # the uninterrupted schedule's, not step 31's
     monkeypatch.setattr(models, "validation_loss", real)
     models.train(dataclasses.replace(tc, resume=True))
-    ck = data.load_checkpoint(out)
+    ck = common.load_checkpoint(out)
     assert ck["done"] and [e["step"] for e in ck["log"]] == [10, 20, 30, 40]
     models.train(dataclasses.replace(tc, out=str(tmp_path / "never_stopped.pt")))   # resumed mid-epoch twice,
-    whole = data.load_checkpoint(str(tmp_path / "never_stopped.pt"))                # the same batches and crops:
+    whole = common.load_checkpoint(str(tmp_path / "never_stopped.pt"))                # the same batches and crops:
     assert all(torch.equal(whole["model"][k], ck["model"][k]) for k in whole["model"])   # the same weights
 
 

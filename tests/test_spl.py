@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import data
 import models
 import spl
@@ -84,13 +85,13 @@ def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
     cfg = spl.RewardConfig(data=tiny_data, init=pre.out, out=str(tmp_path / "spl.pt"),
                            **{**spl.PRESETS["tiny"], "steps": 12, "batch_size": 16, "spl_k": 1})
     spl.train(cfg, "spl")
-    ck = data.load_checkpoint(cfg.out, "reward")
+    ck = common.load_checkpoint(cfg.out, "reward")
     assert ck["mode"] == "spl" and ck["log"] and 0 < ck["log"][0]["failure_ratio"] < 1
     assert ck["log"][-1]["step"] == 12                                           # the last, partial epoch too
-    assert data.load_checkpoint(pre.out, "reward")["log"][-1]["step"] == 20      # pretraining logs its epochs
+    assert common.load_checkpoint(pre.out, "reward")["log"][-1]["step"] == 20      # pretraining logs its epochs
     before, after = spl.load_reward(pre.out), spl.load_reward(cfg.out)
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
-    with pytest.raises(data.CheckpointError, match="missing.pt: checkpoint not found"):
+    with pytest.raises(common.CheckpointError, match="missing.pt: checkpoint not found"):
         spl.train(spl.RewardConfig(data=tiny_data, init=str(tmp_path / "missing.pt"), out=str(tmp_path / "x.pt"),
                                    **spl.PRESETS["tiny"]), "spl")
 
@@ -170,7 +171,7 @@ def test_spl_training_switches_rows_between_the_preference_and_the_contrastive_l
     cfg = spl.RewardConfig(data=tiny_data, init=pre.out, out=str(tmp_path / "spl.pt"),
                            **{**spl.PRESETS["tiny"], "steps": 2, "batch_size": 16, "spl_k": k, "spl_weight": w})
     spl.train(cfg, "spl")
-    log = data.load_checkpoint(cfg.out, "reward")["log"]
+    log = common.load_checkpoint(cfg.out, "reward")["log"]
     assert len(log) == 1 and len(seen) == 2                                      # one epoch row, two steps
     lse = lambda v: v.max() + np.log(np.exp(v - v.max()).sum())                   # noqa: E731
     losses = []
