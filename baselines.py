@@ -27,14 +27,16 @@ NOTE (choices and deviations):
     redraw of the 2023 code (a bug its author acknowledged) nor EasyTune's 25% Bernoulli mask.
   - DRTune draws a genuine random phase over one stride (the printed offset formula is degenerate
     when K divides T); trained steps after the stop step are not executed, so some trajectories have
-    fewer than K.
+    fewer than K. On a chain no longer than M (T <= M, e.g. --preset tiny's 10 steps) the stop can come
+    before the phase, leaving no trained step and no gradient; the stop step is then trained (never at
+    the defaults, T = 50 and M = 10, where a trained step always precedes the stop).
   - ReFL draws its stop step from M values (THUDM's code), not EasyTune's M - 1.
   - draft-50 means the last min(50, T) steps: full back-propagation up to T = 50 (DRaFT-full).
   - DRTune's credit to early steps travels through the sampler's x_t term, which exists for an
     eps-predicting model (MLD); an x0-predicting model (MDM) has x0_hat = x0_theta(sg(x_t)), so under
     DRTune only the stop step itself can receive gradient, and for MDM the stop step is therefore
-    always trained (one step more than K at times; otherwise ~90% of trajectories would have no
-    gradient at all). tests/test_baselines.py shows both.
+    the one trained step (otherwise ~90% of trajectories would have no gradient at all, and the K
+    spread steps would build graphs that no gradient reaches). tests/test_baselines.py shows both.
   - Every baseline keeps CFG with gradient through both branches; no LoRA (full denoiser) by default.
 
 Run:  python baselines.py compare --backbone mld [--budget-min 2]       # Table 1 at equal wall clock
@@ -110,8 +112,8 @@ def plan(method: str, T: int, rng, drtune_k=5, drtune_m=10) -> Plan:
         stride = max(T // drtune_k, 1)
         phase = int(rng.integers(stride))
         stop = T - 1 - int(rng.integers(min(drtune_m, T)))
-        return Plan({phase + j * stride for j in range(drtune_k) if phase + j * stride <= stop}, sg_input=True,
-                    stop=stop)
+        steps = {phase + j * stride for j in range(drtune_k) if phase + j * stride <= stop}
+        return Plan(steps or {stop}, sg_input=True, stop=stop)      # none before an early stop: see the NOTE
     raise common.InputError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
 
 
@@ -141,7 +143,7 @@ def baseline_update(method, gen, reward_fn, captions, lengths, cfg, opt, params,
     ccfg = ccfg or CompareConfig()
     p = plan(method, cfg.sample_steps, rng, ccfg.drtune_k, ccfg.drtune_m)
     if p.sg_input and gen.scheduler.prediction_type == "sample":    # MDM under DRTune: see the NOTE above
-        p.grad_steps.add(p.stop)
+        p.grad_steps = {p.stop}
     guidance = gen.cfg.guidance if cfg.guidance < 0 else cfg.guidance
     with torch.no_grad():
         cond = gen.condition(captions, lengths)

@@ -108,13 +108,27 @@ def test_drtune_detaches_every_input_and_still_credits_early_steps_through_the_u
     assert not x.requires_grad                                       # ... has no path back to step 0
 
 
+def test_drtune_on_a_chain_no_longer_than_its_window_always_trains_a_step():
+    """T = 10, K = 5, M = 10 (--preset tiny): the stop may come before the random phase (stop 0, phase 1),
+    which would leave no trained step and a backward with no graph; the stop step is then trained."""
+    rng = np.random.default_rng(0)
+    plans = [baselines.plan("drtune", 10, rng) for _ in range(400)]
+    assert all(p.grad_steps and max(p.grad_steps) <= p.stop for p in plans)
+    assert any(p.grad_steps == {p.stop} and p.stop < 10 // 5 - 1 for p in plans)   # the fallback was drawn
+    defaults = [baselines.plan("drtune", 50, rng) for _ in range(400)]           # T = 50: never the fallback
+    assert all(len(p.grad_steps) >= 4 and min(p.grad_steps) < 10 for p in defaults)
+
+
 def test_drtune_on_an_x0_model_trains_its_stop_step():
     """For MDM x0_hat = x0_theta(sg(x_stop)): without its stop step in the plan a DRTune trajectory has no
-    gradient at all (most draws); with it, every trajectory updates."""
+    gradient at all (most draws); with it, every trajectory updates, and it is the only step with a graph."""
     p = baselines.plan("drtune", 50, np.random.default_rng(0))
     assert p.stop not in p.grad_steps                                # a draw that would have had no gradient
-    res = baselines.memory([50], preset="tiny", backbone="mdm", batch_size=2, methods=["drtune"], seed=0)
+    res = baselines.memory([50], preset="tiny", backbone="mdm", batch_size=2, methods=["drtune", "refl-10"], seed=0)
     assert res["drtune"]["50"]["saved_mib"] > 0
+    # ... and only that step builds a graph: the K spread steps could pass no gradient, so DRTune's memory on
+    # an x0-model is one step's, ReFL's (which also trains one step and reads the same decode and reward)
+    assert res["drtune"]["50"]["saved_mib"] == pytest.approx(res["refl-10"]["50"]["saved_mib"], rel=1e-3)
 
 
 def test_memory_is_flat_for_easytune_and_refl_and_grows_for_draft():
