@@ -500,10 +500,11 @@ def set_guidance(gen, guidance):
 
 
 def evaluate_cached(gen_path, ev, root, cfg, device, cache):
-    """Test-split metrics of a checkpoint, cached by (file, size, mtime, replications, seed, steps, guidance)."""
+    """Test-split metrics of a checkpoint, cached by (file, size, mtime, replications, seed, steps, guidance,
+    device kind: a CUDA generator draws other noise than a CPU one, so the rows of base and tuned come from one kind)."""
     st = os.stat(gen_path)
     key = (f"{os.path.abspath(gen_path)}:{st.st_size}:{st.st_mtime_ns}:{cfg.replications}:{cfg.seed}:{cfg.sample_steps}"
-           f":{cfg.guidance}")                                     # < 0: the scale saved in the checkpoint
+           f":{cfg.guidance}:{device.type}")                       # guidance < 0: the scale saved in the checkpoint
     store = json.load(open(cache)) if os.path.isfile(cache) else {}
     if key not in store:
         gen = set_guidance(models.load_generator(gen_path, device), cfg.guidance)

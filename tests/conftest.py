@@ -5,6 +5,11 @@ import sys
 
 import pytest
 
+# The suite is CPU-only and deterministic: on a CUDA machine every config left at device "auto" would
+# pick the GPU (whose kernels are not bit-reproducible, and one test reads tensors back with .numpy()).
+# Hidden before torch starts CUDA, so the suite runs the same on a GPU machine as on CI.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 

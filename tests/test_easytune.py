@@ -3,6 +3,7 @@ optimisation, the step schedules of App. A.5, and selection that never reads the
 import copy
 import dataclasses
 import json
+import types
 
 import numpy as np
 import pytest
@@ -545,3 +546,18 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
     with pytest.raises(KeyboardInterrupt):
         run()                                                       # afresh, killed before its first check
     assert not last.exists()
+
+
+def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, monkeypatch):
+    """A base row sampled on the CPU must not be reused beside a tuned row sampled on a GPU (their noise
+    draws differ): evaluate_cached keys on the device's kind as on the file, seed, steps and guidance."""
+    calls = []
+    monkeypatch.setattr(easytune.models, "load_generator", lambda path, device: types.SimpleNamespace(cfg=None))
+    monkeypatch.setattr(easytune.metrics, "evaluate",
+                        lambda gen, ev, root, reps, seed, device, steps: calls.append(device.type) or {"R1": len(calls)})
+    gen_path, cache = tmp_path / "g.pt", str(tmp_path / "cache.json")
+    gen_path.write_bytes(b"weights")
+    cfg = easytune.EasyTuneConfig()
+    rows = [easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device(d), cache)["R1"]
+            for d in ("cpu", "cpu", "cuda", "cpu", "cuda")]
+    assert calls == ["cpu", "cuda"] and rows == [1, 1, 2, 1, 2]
