@@ -436,6 +436,24 @@ def compare(gen_a, gen_b, evaluator, root, replications=3, seed=0, device="cpu",
         {"items": len(names), "sources": len(set(clusters)), "replications": replications, "counts": dict(counts)}
 
 
+def pct(v):
+    return f"{100 * v:+.1f}%"
+
+
+def interval(r, f):
+    return f"{f(r['value'])} [{f(r['lo'])}, {f(r['hi'])}]"
+
+
+def r1_change(res):
+    """compare()'s top-1 line: the relative change with its interval; where some resamples hold none of a's
+    hits (small splits, weak a) that interval is undefined, so the absolute difference's is given instead."""
+    rel = res["R1_change"]
+    if np.isfinite([rel["value"], rel["lo"], rel["hi"]]).all():
+        return interval(rel, pct)
+    return (f"{pct(rel['value'])} (no interval of the relative change: some resamples hold none of a's hits); "
+            f"difference {interval(res['R1_diff'], lambda v: f'{v:+.3f}')}")
+
+
 # -----------------------------------------------------------------------------
 # Memory and time meters.
 
@@ -630,13 +648,10 @@ def main():
             data.check_same_dataset(a.data, a.reward, reward)
             second = reward.retrieval_embeddings
         res = compare(*gens, ev, a.data, a.replications, a.seed, device, a.split, second=second)
-        ci = lambda k, f: f"{f(res[k]['value'])} [{f(res[k]['lo'])}, {f(res[k]['hi'])}]"  # noqa: E731
-        pct = lambda v: f"{100 * v:+.1f}%"  # noqa: E731
         print(f"{a.split} split, {res['items']} items from {res['sources']} source motions, "
               f"{res['replications']} paired replications")
-        print(f"  R-P top1  a {res['R1_a']['value']:.3f}   b {res['R1_b']['value']:.3f}   "
-              f"b vs a {ci('R1_change', pct)}")
-        print(f"  MM-Dist   b vs a {ci('MMDist_change', pct)}   (95% intervals: source motions resampled)")
+        print(f"  R-P top1  a {res['R1_a']['value']:.3f}   b {res['R1_b']['value']:.3f}   b vs a {r1_change(res)}")
+        print(f"  MM-Dist   b vs a {interval(res['MMDist_change'], pct)}   (95% intervals: source motions resampled)")
         n = res["counts"]
         print(f"  items (summed over replications): b retrieves {n['fixed']} of a's misses and misses {n['broken']}"
               f" of a's hits")

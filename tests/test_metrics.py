@@ -262,6 +262,17 @@ def test_compare_counts_fixed_broken_and_what_a_second_model_cannot_see(build_ti
     assert res["none"]["counts"]["gap, second retrieves a"] == 0 and res["none"]["counts"]["gap"] == n["gap"]
 
 
+def test_compare_prints_the_difference_where_the_relative_interval_is_undefined():
+    """A resample with none of a's hits makes b/a - 1 infinite or NaN (a tiny split, a weak a): the line
+    then gives the absolute difference's interval instead of '[+nan%, +nan%]'."""
+    res = {"R1_change": {"value": 0.2, "lo": -0.1, "hi": 0.5}, "R1_diff": {"value": 0.01, "lo": -0.02, "hi": 0.04}}
+    assert metrics.r1_change(res) == "+20.0% [-10.0%, +50.0%]"
+    res["R1_change"] = {"value": -1 / 3, "lo": float("nan"), "hi": float("inf")}
+    line = metrics.r1_change(res)
+    assert "nan" not in line and "inf" not in line and line.startswith("-33.3% (no interval")
+    assert line.endswith("difference +0.010 [-0.020, +0.040]")
+
+
 def test_smoothing_in_time_keeps_a_ramp_and_the_padding_and_damps_jitter():
     """A Gaussian low-pass leaves a linear ramp unchanged away from the clip's ends (the kernel is
     symmetric), leaves padding frames alone, and shrinks frame-to-frame noise."""
