@@ -97,8 +97,9 @@ class Plan:
     ckpt: bool = False               # AlignProp: recompute each denoiser call in backward
 
 
-def plan(method: str, T: int, rng, drtune_k=5, drtune_m=10) -> Plan:
-    """Draw one trajectory's plan (once per trajectory, shared by the batch)."""
+def plan(method: str, T: int, rng, drtune_k=5, drtune_m=10, x0_model=False) -> Plan:
+    """Draw one trajectory's plan (once per trajectory, shared by the batch); x0_model: the denoiser
+    predicts x_0 (MDM), which changes where DRTune's gradient can flow (see the NOTE above)."""
     kind, _, k = method.partition("-")
     if kind == "draft":                                              # DRaFT-K: the last K steps
         return Plan(set(range(T - min(int(k), T), T)))
@@ -113,7 +114,9 @@ def plan(method: str, T: int, rng, drtune_k=5, drtune_m=10) -> Plan:
         phase = int(rng.integers(stride))
         stop = T - 1 - int(rng.integers(min(drtune_m, T)))
         steps = {phase + j * stride for j in range(drtune_k) if phase + j * stride <= stop}
-        return Plan(steps or {stop}, sg_input=True, stop=stop)      # none before an early stop: see the NOTE
+        if x0_model or not steps:                                    # see the NOTE: only the stop step can learn
+            steps = {stop}
+        return Plan(steps, sg_input=True, stop=stop)
     raise common.InputError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
 
 
@@ -141,9 +144,8 @@ def rollout(gen, cond, T, p: Plan, guidance, g):
 def baseline_update(method, gen, reward_fn, captions, lengths, cfg, opt, params, rng, g, meter=None, ccfg=None):
     """One trajectory of a baseline: rollout, -R on what it reads, backward, clip, one step."""
     ccfg = ccfg or CompareConfig()
-    p = plan(method, cfg.sample_steps, rng, ccfg.drtune_k, ccfg.drtune_m)
-    if p.sg_input and gen.scheduler.prediction_type == "sample":    # MDM under DRTune: see the NOTE above
-        p.grad_steps = {p.stop}
+    p = plan(method, cfg.sample_steps, rng, ccfg.drtune_k, ccfg.drtune_m,
+             x0_model=gen.scheduler.prediction_type == "sample")
     guidance = gen.cfg.guidance if cfg.guidance < 0 else cfg.guidance
     with torch.no_grad():
         cond = gen.condition(captions, lengths)

@@ -603,8 +603,8 @@ def print_table(result, cfg):
         extra = "" if name == "real" else f" {row['peak_saved_mib']:>8.1f} {row['time_s'] or 0:>7.0f}"
         print(f"{name:>10} {cells}{extra}")
     b, e = result["base"], result["easytune"]
-    print(f"EasyTune vs base: R-P top1 {100 * (e['R1']['mean'] / b['R1']['mean'] - 1):+.1f}%, "
-          f"MM-Dist {100 * (e['MMDist']['mean'] / b['MMDist']['mean'] - 1):+.1f}% (lower is better), "
+    print(f"EasyTune vs base: R-P top1 {metrics.pct(e['R1']['mean'] / b['R1']['mean'] - 1)}, "
+          f"MM-Dist {metrics.pct(e['MMDist']['mean'] / b['MMDist']['mean'] - 1)} (lower is better), "
           f"FID {e['FID']['mean']:.3f} vs {b['FID']['mean']:.3f}±{b['FID']['ci']:.3f}")
 
 

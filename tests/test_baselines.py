@@ -124,6 +124,7 @@ def test_drtune_on_an_x0_model_trains_its_stop_step():
     gradient at all (most draws); with it, every trajectory updates, and it is the only step with a graph."""
     p = baselines.plan("drtune", 50, np.random.default_rng(0))
     assert p.stop not in p.grad_steps                                # a draw that would have had no gradient
+    assert baselines.plan("drtune", 50, np.random.default_rng(0), x0_model=True).grad_steps == {p.stop}
     res = baselines.memory([50], preset="tiny", backbone="mdm", batch_size=2, methods=["drtune", "refl-10"], seed=0)
     assert res["drtune"]["50"]["saved_mib"] > 0
     # ... and only that step builds a graph: the K spread steps could pass no gradient, so DRTune's memory on
