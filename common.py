@@ -8,6 +8,8 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
                refuses a bad value before any work, print_config prints the resolved config
   checkpoints  atomic_save (write, then rename), load_checkpoint (weights_only, the kind checked),
                load_state (names what does not fit)
+  resuming     rng_state / set_rng_state (the global generators a loop draws from), check_resumable
+               (--resume goes on only with the saved run's settings and kind of device)
   devices      pick_device, seed_everything
 """
 from __future__ import annotations
@@ -161,6 +163,36 @@ def load_state(module: torch.nn.Module, state: dict, path: str):
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise CheckpointError(f"{path}: does not fit the model config: " + ", ".join(parts))
     module.load_state_dict(state)
+
+
+def rng_state(device: torch.device) -> dict:
+    """The global generators a training loop draws from (torch's CPU one, the GPU's on a GPU, numpy's
+    legacy one), as values a weights_only checkpoint holds."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "numpy": [name, key.tolist(), pos, has_gauss, gauss]}
+
+
+def set_rng_state(state: dict, device: torch.device):
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def check_resumable(saved: dict, saved_device: str, cfg, path: str, device: torch.device, may_change=("resume", "device")):
+    """--resume continues a saved run only with its settings (those in may_change may differ) and on its kind
+    of device (a CPU generator's state cannot continue a CUDA one's draws); else a CheckpointError naming
+    each setting that differs."""
+    if saved_device != device.type:
+        raise CheckpointError(f"{path}: saved on {saved_device}, resuming on {device.type}: the noise draws cannot "
+                              f"continue across kinds of device; --device {saved_device}, or drop --resume")
+    diff = [f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in may_change and saved.get(k) != v]
+    if diff:
+        raise CheckpointError(f"{path}: --resume with settings other than the saved run's ({'; '.join(diff)}); "
+                              "give the saved values, or drop --resume to start over")
 
 
 def cli(main):

@@ -561,6 +561,26 @@ def loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bo
                                        collate_fn=collate, drop_last=drop_last, num_workers=0)
 
 
+def train_batches(dataset, batch_size: int, seed: int, start: int = 0, data_rng=None):
+    """The endless training stream of every trainer here: a new shuffle at the first step of each epoch
+    (seeded seed + that step), the last partial batch dropped. From step `start`, the stream an
+    uninterrupted run would see there: the epoch's order re-made, its done batches skipped (their crops
+    drawn and discarded), then the dataset's crop/caption RNG set to `data_rng`, the state saved with the
+    checkpoint. -> a generator of batches, one per step."""
+    step = start - start % (len(dataset) // batch_size)                 # the first step of start's epoch
+    epoch = iter(loader(dataset, batch_size, shuffle=True, seed=seed + step, drop_last=True))
+    for _ in range(start - step):
+        next(epoch)
+    if data_rng is not None:
+        dataset.rng.bit_generator.state = data_rng
+    step = start
+    while True:
+        for batch in epoch:
+            yield batch
+            step += 1
+        epoch = iter(loader(dataset, batch_size, shuffle=True, seed=seed + step, drop_last=True))
+
+
 def build_vocab(root: str) -> Vocab:
     """The vocabulary of a dataset: every word of its training captions, rebuilt deterministically."""
     captions = [c for name in read_split(root, "train") for c, _, _, _ in load_captions(root, name)]

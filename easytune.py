@@ -382,19 +382,10 @@ RESUMABLE = ("resume", "trajectories", "patience", "replications", "device", "ru
 
 def check_resumable(ck: dict, cfg: EasyTuneConfig, path, device):
     """--resume continues the saved run only with its settings (the budget, patience, device may change,
-    within the device's kind: a CPU generator's state cannot continue a CUDA one's draws)."""
+    within the device's kind)."""
     if "data_rng" not in ck or "device_type" not in ck:
         raise common.CheckpointError(f"{path}: written by an older easytune.py (no data order or device saved); drop --resume")
-    if ck["device_type"] != device.type:
-        raise common.CheckpointError(f"{path}: saved on {ck['device_type']}, resuming on {device.type}: the noise "
-                                   f"draws cannot continue across kinds of device; --device {ck['device_type']}, or "
-                                   "drop --resume")
-    saved = ck["config"]
-    diff = [f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in dataclasses.asdict(cfg).items()
-            if k not in RESUMABLE and saved.get(k) != v]
-    if diff:
-        raise common.CheckpointError(f"{path}: --resume with settings other than the saved run's ({'; '.join(diff)});"
-                                   " give the saved values, or drop --resume to start over")
+    common.check_resumable(ck["config"], ck["device_type"], cfg, path, device, may_change=RESUMABLE)
 
 
 def trainable(gen, cfg):
@@ -453,11 +444,11 @@ def prerequisites(cfg: EasyTuneConfig, device):
         return lambda p: os.path.isfile(p) and bool(common.load_checkpoint(p, kind))
 
     preset = "tiny" if tiny else "default"
-    ev_cfg = metrics.EvaluatorConfig(data=root, out=os.path.join(run, "evaluator.pt"), device=cfg.device,
-                                     **metrics.EVALUATOR_PRESETS[preset])
+    ev_cfg = metrics.EvaluatorConfig(data=root, out=os.path.join(run, "evaluator.pt"), device=cfg.device, resume=True,
+                                     **metrics.EVALUATOR_PRESETS[preset])        # resume: an interrupted build goes on
     step("evaluator", ev_cfg.out, lambda: metrics.train_evaluator(ev_cfg), checkpoint("evaluator"))
     r_cfg = dataclasses.replace(spl.RewardConfig(), data=root, out=os.path.join(run, "reward_pretrained.pt"),
-                                device=cfg.device, **spl.PRESETS[preset])
+                                device=cfg.device, resume=True, **spl.PRESETS[preset])
     step("reward (pretraining)", r_cfg.out, lambda: spl.train(r_cfg, "pretrain"), checkpoint("reward"))
     s_cfg = dataclasses.replace(r_cfg, init=r_cfg.out, out=os.path.join(run, "reward.pt"),
                                 **({} if tiny else spl.SPL_DEFAULTS))

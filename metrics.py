@@ -28,7 +28,7 @@ T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that proto
 NOTE (deviations): word embeddings are learned here (T2M uses GloVe, a download); sizes are smaller
 and training is ~600 steps (a minute on 2 cores); the evaluator normalises with the dataset's Mean/Std (T2M's own statistics differ by a x25 bug).
 
-Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evaluator.pt
+Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evaluator.pt   # [--resume]
       python metrics.py eval --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth
       python metrics.py grad-norm --generator runs/synth/mld.pt
       python metrics.py compare --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt \\
@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import warnings
@@ -128,6 +129,8 @@ class EvaluatorConfig:
     lr: float = 1e-3
     seed: int = 1234                 # not the generator's or the reward's seed
     device: str = "auto"
+    ckpt_every: int = 200            # the run's state to <out>.part, for --resume
+    resume: bool = False             # continue from <out>.part, exactly as if not stopped
 
 
 EVALUATOR_PRESETS = {"tiny": {"hidden": 64, "word_dim": 32, "out_dim": 64, "steps": 200, "batch_size": 32, "lr": 3e-3},
@@ -188,14 +191,22 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     common.print_config(cfg, "evaluator")
-    t0, batches = time.time(), iter(())
-    bar = tqdm(range(cfg.steps), desc="evaluator", mininterval=2)
+    part = cfg.out + ".part"                                  # an unfinished run's state, for --resume
+    start, elapsed, data_rng = 0, 0.0, None
+    if cfg.resume and os.path.isfile(part):
+        ck = common.load_checkpoint(part, "evaluator-state")
+        common.check_resumable(ck["config"], ck["device_type"], cfg, part, device)
+        common.load_state(model, ck["model"], part)
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["sched"])
+        common.set_rng_state(ck["rng"], device)                      # numpy's too: margin_loss draws from it
+        start, elapsed, data_rng = ck["step"], ck["elapsed"], ck["data_rng"]
+        print(f"resumed {part} at step {start}")
+    t0 = time.time() - elapsed
+    batches = data.train_batches(train_set, cfg.batch_size, cfg.seed, start, data_rng)
+    bar = tqdm(range(start, cfg.steps), desc="evaluator", initial=start, total=cfg.steps, mininterval=2)
     for step in bar:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(data.loader(train_set, cfg.batch_size, True, seed=cfg.seed + step, drop_last=True))
-            batch = next(batches)
+        batch = next(batches)
         feats = train_set.denormalize(batch["motion"].to(device)) * batch["mask"].to(device)[..., None]
         loss = margin_loss(model.embed_text(batch["tokens"]), model.embed_motion(feats, batch["lengths"].to(device)),
                            batch["captions"], cfg.margin)
@@ -205,11 +216,18 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
+            common.atomic_save({"kind": "evaluator-state", "config": dataclasses.asdict(cfg), "device_type": device.type,
+                                "step": step + 1, "elapsed": time.time() - t0, "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "sched": sched.state_dict(),
+                                "rng": common.rng_state(device), "data_rng": train_set.rng.bit_generator.state}, part)
     model.eval()
     real = evaluate_real(model, cfg.data, replications=3, seed=cfg.seed, device=device, split="val")
     common.atomic_save({"kind": "evaluator", "config": dataclasses.asdict(cfg), "words": model.words,
                       "dims": train_set.dims, "model": model.state_dict(), "train_time_s": time.time() - t0,
                       "real_val": real}, cfg.out)
+    if os.path.isfile(part):
+        os.remove(part)
     print(f"evaluator trained in {time.time() - t0:.0f}s -> {cfg.out}; val Real row: {format_row(real)}")
     return model
 
@@ -613,7 +631,8 @@ def main():
     argv = sys.argv[1:]
     a = p.parse_args(argv)
     rules = {"replications": ">= 1", "steps": ">= 1", "probes": ">= 1",
-             "seed": ">= 0", "lr": "> 0", "margin": "> 0", "hidden": ">= 1", "word_dim": ">= 1", "out_dim": ">= 1"}
+             "seed": ">= 0", "lr": "> 0", "margin": "> 0", "hidden": ">= 1", "word_dim": ">= 1", "out_dim": ">= 1",
+             "ckpt_every": ">= 1"}
     common.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
     for flag in ("json", "png"):
         if getattr(a, flag, None):

@@ -625,23 +625,12 @@ def train(tc: TrainConfig) -> Backbone:
             opt.load_state_dict(opt_state)                                # holds the lr of the resumed step
             sched.last_epoch = step
         model.train()
-        batches, per_epoch = iter(()), len(train_set) // tc.batch_size
-        if step % per_epoch:                  # resumed mid-epoch: the epoch's own order, the batches done skipped
-            epoch = step - step % per_epoch
-            batches = iter(data.loader(train_set, tc.batch_size, shuffle=True, seed=tc.seed + epoch, drop_last=True))
-            for _ in range(step % per_epoch):
-                next(batches)
-        if data_rng is not None and si == start_stage:                    # then the crops the run would draw next
-            train_set.rng.bit_generator.state = data_rng
+        batches = data.train_batches(train_set, tc.batch_size, tc.seed, start=step,     # resumed: the same stream
+                                     data_rng=data_rng if si == start_stage else None)
         bar = tqdm(range(step, n_steps), desc=f"{mc.backbone} {stage}", initial=step, total=n_steps, mininterval=2)
         for step in bar:
             # 1) batch  2) forward + loss  3) backward, clip, step  4) eval / checkpoint
-            try:
-                batch = next(batches)
-            except StopIteration:
-                batches = iter(data.loader(train_set, tc.batch_size, shuffle=True, seed=tc.seed + step, drop_last=True))
-                batch = next(batches)
-            loss = loss_fn(to_device(batch, device), mc.p_uncond)
+            loss = loss_fn(to_device(next(batches), device), mc.p_uncond)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -36,7 +36,7 @@ embedding is used as a reward); the official code mixes SPL at weight 1e-2 into 
 loss with a doubled temperature -- this follows the paper's per-row switch; "near-duplicate" captions
 are found by their content words, not by a sentence-embedding model (no download).
 
-Run:  python spl.py pretrain --data data/synth --out runs/synth/reward_pre.pt
+Run:  python spl.py pretrain --data data/synth --out runs/synth/reward_pre.pt    # [--resume]: from <out>.part
       python spl.py spl --init runs/synth/reward_pre.pt --out runs/synth/reward.pt
       python spl.py bench --reward runs/synth/reward_pre.pt runs/synth/reward.pt --data data/synth
       python spl.py bench --reward runs/synth/reward.pt --data data/synth --samples runs/synth/mld.pt \
@@ -48,6 +48,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -87,6 +88,8 @@ class RewardConfig:
     spl_weight: float = 1.0         # 0 gives the control run: the same steps, contrastive on every row
     seed: int = 7
     device: str = "auto"
+    ckpt_every: int = 100           # the run's state to <out>.part, for --resume
+    resume: bool = False            # continue from <out>.part, exactly as if not stopped
 
 
 PRESETS = {"tiny": {"d_model": 32, "heads": 2, "layers": 1, "text_layers": 1, "embed_dim": 32, "steps": 60,
@@ -258,7 +261,17 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
     sched = models.DDIMScheduler("cosine", "sample")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     common.print_config(model.cfg, f"reward {mode}")
-    t0, log, epoch_stats, batches = time.time(), [], defaultdict(float), iter(())
+    part = cfg.out + ".part"                                  # an unfinished run's state, for --resume
+    start, elapsed, log, epoch_stats, data_rng = 0, 0.0, [], defaultdict(float), None
+    if cfg.resume and os.path.isfile(part):
+        ck = common.load_checkpoint(part, "reward-state")
+        common.check_resumable(ck["config"], ck["device_type"], cfg, part, device)
+        common.load_state(model, ck["model"], part)
+        opt.load_state_dict(ck["optimizer"])
+        common.set_rng_state(ck["rng"], device)
+        start, elapsed, log, data_rng = ck["step"], ck["elapsed"], ck["log"], ck["data_rng"]
+        epoch_stats.update(ck["epoch_stats"])
+        print(f"resumed {part} at step {start}")
 
     def end_epoch(step):                                  # one log row per pass over the data (and the last part)
         if epoch_stats["rows"]:
@@ -269,14 +282,13 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
                            f"{epoch_stats['rows']:.0f} (1:{epoch_stats['rows'] / max(epoch_stats['failed'], 1):.0f})")
         epoch_stats.clear()
 
-    bar = tqdm(range(cfg.steps), desc=f"reward {mode}", mininterval=2)
+    t0, per_epoch = time.time() - elapsed, len(train_set) // cfg.batch_size
+    batches = data.train_batches(train_set, cfg.batch_size, cfg.seed, start, data_rng)
+    bar = tqdm(range(start, cfg.steps), desc=f"reward {mode}", initial=start, total=cfg.steps, mininterval=2)
     for step in bar:
-        try:
-            batch = next(batches)
-        except StopIteration:
+        if step % per_epoch == 0:
             end_epoch(step)
-            batches = iter(data.loader(train_set, cfg.batch_size, True, seed=cfg.seed + step, drop_last=True))
-            batch = next(batches)
+        batch = next(batches)
         x, mask = batch["motion"].to(device), batch["mask"].to(device)
         x, ab = noisy(x, mask, cfg.max_t, cfg.p_noise, sched)
         S = model.scores(x, batch["lengths"].to(device), batch["captions"], ab)     # (B, B) Eq. 11
@@ -297,11 +309,18 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", tau=f"{model.tau.item():.1f}", refresh=False)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
+            common.atomic_save({"kind": "reward-state", "config": dataclasses.asdict(cfg), "device_type": device.type,
+                                "step": step + 1, "elapsed": time.time() - t0, "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "log": log, "epoch_stats": dict(epoch_stats),
+                                "rng": common.rng_state(device), "data_rng": train_set.rng.bit_generator.state}, part)
     end_epoch(cfg.steps)
     model.eval()
     common.atomic_save({"kind": "reward", "config": dataclasses.asdict(model.cfg), "vocab": model.vocab.itos,
                       "dims": int(model.mean.shape[0]), "model": model.state_dict(), "mode": mode, "log": log,
                       "train_time_s": time.time() - t0}, cfg.out)
+    if os.path.isfile(part):
+        os.remove(part)
     print(f"reward {mode} done in {time.time() - t0:.0f}s -> {cfg.out}")
     return model
 
@@ -444,7 +463,7 @@ def main(argv=None):
             raise common.InputError("spl needs --init PATH, a reward from `spl.py pretrain`")
         common.check_ranges(cfg, d_model=">= 1", heads=">= 1", layers=">= 1", text_layers=">= 1", embed_dim=">= 1",
                           patch=">= 1", tau=(1.0, 100.0), p_noise=(0.0, 1.0), max_t=(0, 999), steps=">= 1",
-                          lr="> 0", spl_k=">= 1", spl_weight=">= 0", seed=">= 0")
+                          lr="> 0", spl_k=">= 1", spl_weight=">= 0", seed=">= 0", ckpt_every=">= 1")
         if cfg.d_model % cfg.heads:
             raise common.InputError(f"--heads {cfg.heads}: must divide --d-model {cfg.d_model}")
         if data.UNIT_LENGTH % cfg.patch:                                  # clips are whole units of 4 frames

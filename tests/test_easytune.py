@@ -561,3 +561,21 @@ def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, 
     rows = [easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device(d), cache)["R1"]
             for d in ("cpu", "cpu", "cuda", "cpu", "cuda")]
     assert calls == ["cpu", "cuda"] and rows == [1, 1, 2, 1, 2]
+
+
+def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path, monkeypatch):
+    """The one command builds each missing prerequisite with resume on, so a first run stopped in the middle of
+    the evaluator, the reward (pretraining or SPL) or the backbone goes on from that build's saved state."""
+    built = {}
+
+    def fake(kind, done=None):
+        def build(cfg, *mode):
+            built[kind + "".join(mode)] = cfg.resume
+            common.atomic_save({"kind": kind, **({"done": True} if done else {})}, cfg.out)
+        return build
+    monkeypatch.setattr(easytune.metrics, "train_evaluator", fake("evaluator"))
+    monkeypatch.setattr(easytune.spl, "train", fake("reward"))
+    monkeypatch.setattr(easytune.models, "train", fake("generator", done=True))
+    cfg = easytune.EasyTuneConfig(preset="tiny", runs=str(tmp_path), data=tiny_data)
+    easytune.prerequisites(cfg, torch.device("cpu"))
+    assert built == {"evaluator": True, "rewardpretrain": True, "rewardspl": True, "generator": True}

@@ -1,5 +1,6 @@
 """metrics.py: the T2M metrics against closed forms, the saved-tensor memory meter on graphs whose
 saved bytes are known, and a tiny evaluator that retrieves real test pairs above chance."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import data
 import diagnostics
 import metrics
@@ -155,6 +157,30 @@ def tiny_evaluator(tiny_data, tmp_path_factory):
                                   **metrics.EVALUATOR_PRESETS["tiny"])
     metrics.train_evaluator(cfg)
     return metrics.load_evaluator(cfg.out)
+
+
+@pytest.mark.filterwarnings("ignore:R-Precision over")                     # the val Real row of a tiny split
+def test_evaluator_training_resumes_exactly(tiny_data, tmp_path, monkeypatch):
+    """Stopped at step 12 (state saved at 10, mid-epoch), then --resume: the same weights as a run never stopped
+    (the batches, crops, the margin loss's numpy draws, the cosine schedule and AdamW's moments continue)."""
+    cfg = metrics.EvaluatorConfig(data=tiny_data, out=str(tmp_path / "ev.pt"),
+                                  **{**metrics.EVALUATOR_PRESETS["tiny"], "steps": 14, "ckpt_every": 5})
+    metrics.train_evaluator(dataclasses.replace(cfg, out=str(tmp_path / "whole.pt")))
+    real, calls = metrics.margin_loss, {"n": 0}
+
+    def stop_at_13(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(metrics, "margin_loss", stop_at_13)
+    with pytest.raises(KeyboardInterrupt):
+        metrics.train_evaluator(cfg)
+    assert common.load_checkpoint(cfg.out + ".part", "evaluator-state")["step"] == 10
+    monkeypatch.setattr(metrics, "margin_loss", real)
+    metrics.train_evaluator(dataclasses.replace(cfg, resume=True))
+    got, whole = (common.load_checkpoint(p, "evaluator")["model"] for p in (cfg.out, str(tmp_path / "whole.pt")))
+    assert all(torch.equal(got[k], whole[k]) for k in whole) and not os.path.exists(cfg.out + ".part")
 
 
 @pytest.mark.filterwarnings("ignore:R-Precision over")                     # tiny sets: one small group

@@ -1,6 +1,8 @@
 """spl.py: preference mining (Eq. 13-14) and the KL loss (Eq. 15-17) against hand computations, the
 noise-aware reward's inputs, the contrastive form, and a tiny pretrain + SPL run."""
+import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -94,6 +96,45 @@ def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
     with pytest.raises(common.CheckpointError, match="missing.pt: checkpoint not found"):
         spl.train(spl.RewardConfig(data=tiny_data, init=str(tmp_path / "missing.pt"), out=str(tmp_path / "x.pt"),
                                    **spl.PRESETS["tiny"]), "spl")
+
+
+def crash_on(fn, n):
+    """fn, but the n-th call raises KeyboardInterrupt (a run stopped by hand mid-training)."""
+    calls = {"n": 0}
+
+    def wrapped(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return fn(*a, **k)
+    return wrapped
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "spl"])
+def test_resume_continues_a_stopped_reward_run_exactly(tiny_data, tmp_path, monkeypatch, mode):
+    """Stopped at step 13 (state saved at 10, mid-epoch), then --resume: the same weights and epoch log as a run
+    never stopped (the batches, crops, noise draws and optimizer moments continue); <out>.part is removed when
+    the run finishes; a resume with another setting is refused, naming it."""
+    init = str(tmp_path / "init.pt")
+    if mode == "spl":
+        spl.train(spl.RewardConfig(data=tiny_data, out=init, **{**spl.PRESETS["tiny"], "steps": 4}), "pretrain")
+    over = {"steps": 16, "ckpt_every": 5} | ({"batch_size": 48, "spl_k": 1} if mode == "spl" else {})  # 4 or 2 a epoch
+    cfg = spl.RewardConfig(data=tiny_data, out=str(tmp_path / "r.pt"), init=init if mode == "spl" else "",
+                           **{**spl.PRESETS["tiny"], **over})
+    spl.train(dataclasses.replace(cfg, out=str(tmp_path / "whole.pt")), mode)
+    real = spl.mine_pairs
+    monkeypatch.setattr(spl, "mine_pairs", crash_on(real, 14))
+    with pytest.raises(KeyboardInterrupt):
+        spl.train(cfg, mode)
+    assert common.load_checkpoint(cfg.out + ".part", "reward-state")["step"] == 10 and not os.path.exists(cfg.out)
+    monkeypatch.setattr(spl, "mine_pairs", real)
+    with pytest.raises(common.CheckpointError, match=r"r.pt.part: --resume with settings .*lr: saved 0.002, asked 0.001"):
+        spl.train(dataclasses.replace(cfg, resume=True, lr=1e-3), mode)
+    spl.train(dataclasses.replace(cfg, resume=True), mode)
+    got, whole = common.load_checkpoint(cfg.out, "reward"), common.load_checkpoint(str(tmp_path / "whole.pt"), "reward")
+    assert all(torch.equal(got["model"][k], whole["model"][k]) for k in whole["model"])
+    assert got["log"] == whole["log"] and len(got["log"]) >= 4                   # epochs across the stop, logged once
+    assert not os.path.exists(cfg.out + ".part")
 
 
 def test_spl_gradients_reach_phi_and_only_phi(build_tiny, tiny_data):
