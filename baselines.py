@@ -39,7 +39,7 @@ NOTE (choices and deviations):
     spread steps would build graphs that no gradient reaches). tests/test_baselines.py shows both.
   - Every baseline keeps CFG with gradient through both branches; no LoRA (full denoiser) by default.
 
-Run:  python baselines.py compare --backbone mld [--budget-min 2]       # Table 1 at equal wall clock
+Run:  python baselines.py compare --backbone mld [--budget-min 2]       # Table 1 at equal wall clock [--resume]
       python baselines.py compare --backbone mld --trajectories 20       # ... at equal trajectories
       python baselines.py memory --steps 10,20,50,100 [--preset tiny] --json runs/memory.json
       python baselines.py vanish --backbone mld                          # Figure 3 (base model)
@@ -86,6 +86,7 @@ class CompareConfig:
     replications: int = 2            # test replications per method (nine models to sample on a CPU)
     seed: int = 0
     device: str = "auto"
+    resume: bool = False             # keep the base and the methods an interrupted comparison finished
 
 
 @dataclass
@@ -260,21 +261,40 @@ def compare(ccfg: CompareConfig):
     reward = spl.load_reward(os.path.join(run_dir, "reward.pt"), device).requires_grad_(False)
     ev = metrics.load_evaluator(os.path.join(run_dir, "evaluator.pt"), device)
     view = f"{ccfg.trajectories} trajectories" if ccfg.trajectories else f"{ccfg.budget_min:g} min"
-    results = {"base": metrics.evaluate(models.load_generator(base_path, device), ev, root, ccfg.replications,
-                                        ccfg.seed, device)}
-    curves = {}
-    with open(os.path.join(out, "log.jsonl"), "w") as log:
+    path = os.path.join(out, f"results_{'traj' if ccfg.trajectories else 'time'}.json")
+    part = path + ".part"                                   # the base and the methods done so far, for --resume
+    state = {"config": dataclasses.asdict(ccfg), "device_type": device.type, "results": {}, "curves": {}}
+    if ccfg.resume and os.path.isfile(part):
+        try:
+            saved = json.load(open(part))
+        except ValueError as e:
+            raise common.CheckpointError(f"{part}: corrupt ({e}); delete it, or drop --resume") from None
+        common.check_resumable(saved["config"], saved["device_type"], ccfg, part, device)
+        state.update(results=saved["results"], curves=saved["curves"])
+        print(f"resumed {part}: {', '.join(state['results'])} done")
+    results, curves = state["results"], state["curves"]
+    if "base" not in results:
+        results["base"] = metrics.evaluate(models.load_generator(base_path, device), ev, root, ccfg.replications,
+                                           ccfg.seed, device)
+        common.atomic_write(part, json.dumps(state))
+    log_path = os.path.join(out, "log.jsonl")                          # the updates of the methods done, once
+    kept = [l for l in open(log_path) if json.loads(l)["method"] in curves] if os.path.isfile(log_path) else []
+    common.atomic_write(log_path, "".join(kept))
+    with open(log_path, "a") as log:
         for m in methods:
+            if m in curves:
+                continue
             gen, curves[m], summary = tune(m, base_path, reward, root, et_cfg, ccfg, log, device)
             results[m] = {**metrics.evaluate(gen, ev, root, ccfg.replications, ccfg.seed, device), **summary}
             print(f"{m:>15}: {metrics.format_row(results[m])}  ({summary['updates']} updates, "
                   f"{summary['peak_saved_mib']:.1f} MiB)", flush=True)
+            log.flush()
+            common.atomic_write(part, json.dumps(state))
     ttr = time_to_reward(curves)
     res = {"view": view, "results": results, "curves": curves, "time_to_reward": ttr,
            "config": dataclasses.asdict(ccfg), "easytune_config": dataclasses.asdict(et_cfg)}
-    path = os.path.join(out, f"results_{'traj' if ccfg.trajectories else 'time'}.json")
-    with open(path, "w") as f:
-        json.dump(res, f, indent=1)
+    common.atomic_write(path, json.dumps(res, indent=1))
+    os.remove(part)
     print_compare(res)
     plot({m: ([p["time_s"] for p in c], [p["val_reward"] for p in c]) for m, c in curves.items()},
          "fine-tuning wall time (s)", "val reward", path.replace(".json", ".png"))

@@ -6,7 +6,7 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
   configs      one dataclass per module is the single source of defaults: add_config_args makes its
                flags, given_flags says which were typed (a typed flag wins over a preset), check_ranges
                refuses a bad value before any work, print_config prints the resolved config
-  checkpoints  atomic_save (write, then rename), load_checkpoint (weights_only, the kind checked),
+  checkpoints  atomic_save / atomic_write (write, then rename), load_checkpoint (weights_only, the kind checked),
                load_state (names what does not fit)
   resuming     rng_state / set_rng_state (the global generators a loop draws from), check_resumable
                (--resume goes on only with the saved run's settings and kind of device)
@@ -126,6 +126,14 @@ def atomic_save(obj, path: str):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write(path: str, text: str):
+    """A text file (JSON, a log) written the same way: a temporary file in the same folder, then a rename."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 

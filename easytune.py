@@ -324,9 +324,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
         g.set_state(ck["torch_rng"])
         kept = list(open(log_path)) if os.path.isfile(log_path) else []         # the updates after the checkpoint
         kept = [l for l in kept if json.loads(l)["trajectory"] <= start]        # run again: logged once
-        with open(log_path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(log_path + ".tmp", log_path)
+        common.atomic_write(log_path, "".join(kept))
         print(f"resumed {ckpt_path} at trajectory {start}")
         if bad_checks >= cfg.patience:                                 # it had stopped early: it stays stopped
             print(f"the saved run stopped early (no val improvement in {bad_checks} checks); raise --patience to go on")
@@ -502,9 +500,7 @@ def evaluate_cached(gen_path, ev, root, cfg, device, cache):
         t = time.time()
         store[key] = metrics.evaluate(gen, ev, root, cfg.replications, cfg.seed, device, steps=cfg.sample_steps)
         store[key]["eval_time_s"] = time.time() - t
-        with open(cache + ".tmp", "w") as f:
-            json.dump(store, f)
-        os.replace(cache + ".tmp", cache)
+        common.atomic_write(cache, json.dumps(store))
     return store[key]
 
 

@@ -1,6 +1,8 @@
 """baselines.py: for each method, which steps carry gradient (denoiser calls made with grad enabled),
 what the reward reads, DRTune's credit through the sampler update, and memory ordering in T."""
 import dataclasses
+import json
+import os
 
 import numpy as np
 import pytest
@@ -155,6 +157,51 @@ def test_unknown_method_and_out_of_range_settings_are_clear_errors():
         baselines.plan("dpok", T, np.random.default_rng(0))
     with pytest.raises(baselines.common.InputError, match="--val-checks 0: must be >= 1"):   # before any work
         baselines.compare(baselines.CompareConfig(val_checks=0))
+
+
+def without_times(x):
+    """x with every wall-clock field dropped (the only part of a comparison that differs between runs)."""
+    if isinstance(x, dict):
+        return {k: without_times(v) for k, v in x.items() if k != "time_s"}
+    return [without_times(v) for v in x] if isinstance(x, list) else x
+
+
+@pytest.mark.filterwarnings("ignore:R-Precision over")                     # the tiny test split: one small group
+def test_an_interrupted_comparison_resumes_with_the_base_and_the_methods_it_finished(tiny_data, tmp_path,
+                                                                                     monkeypatch):
+    """Stopped in its second method, then --resume: the base's evaluation and the first method are kept, not
+    run again, and the table, curves and log equal those of a comparison never stopped (an equal number of
+    trajectories, so each method's run is deterministic); results_traj.json.part is gone at the end."""
+    for presets, steps in ((baselines.metrics.EVALUATOR_PRESETS, {"steps": 20}), (baselines.spl.PRESETS, {"steps": 10}),
+                           (baselines.models.PRESETS, None)):                 # prerequisites of a few steps: fast
+        monkeypatch.setitem(presets, "tiny", (presets["tiny"][0], {**presets["tiny"][1], "vae_steps": 5, "steps": 5})
+                            if steps is None else {**presets["tiny"], **steps})
+    ccfg = baselines.CompareConfig(preset="tiny", runs=str(tmp_path), data=tiny_data, methods="easytune-step,refl-10",
+                                   trajectories=1, val_checks=1, val_items=4, replications=1)
+    out = tmp_path / os.path.basename(tiny_data) / "compare" / "mld"
+    whole = baselines.compare(ccfg)
+    whole_log = [json.loads(l) for l in open(out / "log.jsonl")]
+    tune, evaluate, calls = baselines.tune, baselines.metrics.evaluate, []
+
+    def stopped_in_the_second(m, *a, **k):
+        calls.append(m)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return tune(m, *a, **k)
+    monkeypatch.setattr(baselines, "tune", stopped_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        baselines.compare(ccfg)
+    calls.clear()
+    monkeypatch.setattr(baselines, "tune", lambda m, *a, **k: calls.append(m) or tune(m, *a, **k))
+    monkeypatch.setattr(baselines.metrics, "evaluate", lambda *a, **k: calls.append("evaluate") or evaluate(*a, **k))
+    with pytest.raises(common.CheckpointError, match=r"results_traj.json.part: --resume with settings .*replications"):
+        baselines.compare(dataclasses.replace(ccfg, resume=True, replications=2))
+    got = baselines.compare(dataclasses.replace(ccfg, resume=True))
+    assert calls == ["refl-10", "evaluate"]                                # only the method that was stopped
+    assert without_times(got["results"]) == without_times(whole["results"])
+    assert without_times(got["curves"]) == without_times(whole["curves"])
+    assert without_times([json.loads(l) for l in open(out / "log.jsonl")]) == without_times(whole_log)
+    assert not (out / "results_traj.json.part").exists()
 
 
 def test_a_missing_matplotlib_skips_the_plot_with_a_note(monkeypatch, tmp_path, capsys):
