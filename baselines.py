@@ -266,7 +266,8 @@ def compare(ccfg: CompareConfig):
     state = {"config": dataclasses.asdict(ccfg), "device_type": device.type, "results": {}, "curves": {}}
     if ccfg.resume and os.path.isfile(part):
         try:
-            saved = json.load(open(part))
+            with open(part) as f:
+                saved = json.load(f)
         except ValueError as e:
             raise common.CheckpointError(f"{part}: corrupt ({e}); delete it, or drop --resume") from None
         common.check_resumable(saved["config"], saved["device_type"], ccfg, part, device)
