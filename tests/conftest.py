@@ -1,5 +1,6 @@
-"""Shared fixtures: the repository on sys.path, the real HumanML3D sample when present, and a tiny
-synthetic dataset written once per test session (a few seconds on a 2-core CPU)."""
+"""Shared fixtures: the repository on sys.path, the real HumanML3D sample when present, a tiny
+synthetic dataset written once per test session (a few seconds on a 2-core CPU), and crash_on, which
+stops a run by hand at a chosen call (the resume tests)."""
 import os
 import sys
 
@@ -58,3 +59,18 @@ def build_tiny(tiny_data):
         gen.mean, gen.std = torch.tensor(train_set.mean), torch.tensor(train_set.std)
         return gen, reward.eval().requires_grad_(False)
     return build
+
+
+@pytest.fixture()
+def crash_on():
+    """(fn, n) -> fn, except that its n-th call raises KeyboardInterrupt: a run stopped by hand mid-way."""
+    def make(fn, n):
+        calls = {"n": 0}
+
+        def wrapped(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return fn(*a, **k)
+        return wrapped
+    return make

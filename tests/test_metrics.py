@@ -160,20 +160,14 @@ def tiny_evaluator(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.filterwarnings("ignore:R-Precision over")                     # the val Real row of a tiny split
-def test_evaluator_training_resumes_exactly(tiny_data, tmp_path, monkeypatch):
+def test_evaluator_training_resumes_exactly(tiny_data, tmp_path, monkeypatch, crash_on):
     """Stopped at step 12 (state saved at 10, mid-epoch), then --resume: the same weights as a run never stopped
     (the batches, crops, the margin loss's numpy draws, the cosine schedule and AdamW's moments continue)."""
     cfg = metrics.EvaluatorConfig(data=tiny_data, out=str(tmp_path / "ev.pt"),
                                   **{**metrics.EVALUATOR_PRESETS["tiny"], "steps": 14, "ckpt_every": 5})
     metrics.train_evaluator(dataclasses.replace(cfg, out=str(tmp_path / "whole.pt")))
-    real, calls = metrics.margin_loss, {"n": 0}
-
-    def stop_at_13(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 13:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(metrics, "margin_loss", stop_at_13)
+    real = metrics.margin_loss
+    monkeypatch.setattr(metrics, "margin_loss", crash_on(real, 13))
     with pytest.raises(KeyboardInterrupt):
         metrics.train_evaluator(cfg)
     assert common.load_checkpoint(cfg.out + ".part", "evaluator-state")["step"] == 10

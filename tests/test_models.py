@@ -250,27 +250,17 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_mld, tmp_path):
         models.load_generator(str(tmp_path / "missing.pt"))
 
 
-def test_resume_continues_the_step_count_the_lr_schedule_and_the_batches(tiny_data, tmp_path, monkeypatch, capsys):
+def test_resume_continues_the_step_count_the_lr_schedule_and_the_batches(tiny_data, tmp_path, monkeypatch, capsys,
+                                                                          crash_on):
     out = str(tmp_path / "r.pt")
     tc = models.TrainConfig(data=tiny_data, out=out, backbone="mdm", preset="tiny",
                             **{**models.PRESETS["tiny"][1], "steps": 40, "eval_every": 10, "ckpt_every": 10})
     real = models.validation_loss
-
-    def crash_on(n):
-        calls = {"n": 0}
-
-        def val(*a, **k):
-            calls["n"] += 1
-            if calls["n"] == n:
-                raise KeyboardInterrupt
-            return real(*a, **k)
-        return val
-
-    monkeypatch.setattr(models, "validation_loss", crash_on(3))          # dies at step 30, after the step-20 save
+    monkeypatch.setattr(models, "validation_loss", crash_on(real, 3))    # dies at step 30, after the step-20 save
     with pytest.raises(KeyboardInterrupt):
         models.train(tc)
     assert common.load_checkpoint(out)["step"] == 20
-    monkeypatch.setattr(models, "validation_loss", crash_on(2))          # resumed: saves at 30, dies at 40
+    monkeypatch.setattr(models, "validation_loss", crash_on(real, 2))          # resumed: saves at 30, dies at 40
     with pytest.raises(KeyboardInterrupt):
         models.train(dataclasses.replace(tc, resume=True))
     assert "resumed" in capsys.readouterr().out

@@ -98,20 +98,8 @@ def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
                                    **spl.PRESETS["tiny"]), "spl")
 
 
-def crash_on(fn, n):
-    """fn, but the n-th call raises KeyboardInterrupt (a run stopped by hand mid-training)."""
-    calls = {"n": 0}
-
-    def wrapped(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-        return fn(*a, **k)
-    return wrapped
-
-
 @pytest.mark.parametrize("mode", ["pretrain", "spl"])
-def test_resume_continues_a_stopped_reward_run_exactly(tiny_data, tmp_path, monkeypatch, mode):
+def test_resume_continues_a_stopped_reward_run_exactly(tiny_data, tmp_path, monkeypatch, crash_on, mode):
     """Stopped at step 13 (state saved at 10, mid-epoch), then --resume: the same weights and epoch log as a run
     never stopped (the batches, crops, noise draws and optimizer moments continue); <out>.part is removed when
     the run finishes; a resume with another setting is refused, naming it."""
