@@ -3,7 +3,7 @@ captions.py -- the embedded benchmark's English: verb inflection, HumanML3D's 'l
 caption templates that join 1-3 phrases ("a person walks forward, then waves the left hand").
 
 HumanML3D's captions come with spaCy tokens ("walk/VERB forward/ADV"), which T2M's evaluator reads
-(word + POS). synth.py's primitives name themselves as (verb, rest) phrases; this file renders them in
+(word + POS). primitives.py's primitives name themselves as (verb, rest) phrases; this file renders them in
 a verb form (3rd person, base, -ing), tags every word from a closed lexicon (an untagged word is an
 error, so the tags never silently go wrong) and joins them with one of a few templates. data.py
 writes the result as a HumanML3D caption line.

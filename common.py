@@ -8,7 +8,8 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
                refuses a bad value before any work, print_config prints the resolved config
   checkpoints  atomic_save / atomic_write (write, then rename), load_checkpoint (weights_only, the kind checked),
                load_state (names what does not fit)
-  resuming     rng_state / set_rng_state (the global generators a loop draws from), check_resumable
+  resuming     save_progress / load_progress (an unfinished run's state: weights, optimizer, generators),
+               rng_state / set_rng_state (the global generators a loop draws from), check_resumable
                (--resume goes on only with the saved run's settings and kind of device)
   devices      pick_device, seed_everything
 """
@@ -187,6 +188,27 @@ def set_rng_state(state: dict, device: torch.device):
         torch.cuda.set_rng_state(state["cuda"], device)
     name, key, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def save_progress(path: str, kind: str, cfg, device: torch.device, step: int, elapsed: float, model, opt, dataset,
+                  **extra):
+    """An unfinished training run's state, everything a resume must restore: the weights, the optimizer,
+    the global generators and the dataset's crop RNG, the settings and device kind to check against."""
+    atomic_save({"kind": kind, "config": dataclasses.asdict(cfg), "device_type": device.type, "step": step,
+                 "elapsed": elapsed, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "rng": rng_state(device), "data_rng": dataset.rng.bit_generator.state, **extra}, path)
+
+
+def load_progress(path: str, kind: str, cfg, device: torch.device, model, opt) -> dict:
+    """Restore a save_progress state into model, opt and the global generators, after checking it was saved
+    with cfg's settings on this kind of device. -> the checkpoint (step, elapsed, data_rng and the extras)."""
+    ck = load_checkpoint(path, kind)
+    check_resumable(ck["config"], ck["device_type"], cfg, path, device)
+    load_state(model, ck["model"], path)
+    opt.load_state_dict(ck["optimizer"])
+    set_rng_state(ck["rng"], device)
+    print(f"resumed {path} at step {ck['step']}")
+    return ck
 
 
 def check_resumable(saved: dict, saved_device: str, cfg, path: str, device: torch.device, may_change=("resume", "device")):

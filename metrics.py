@@ -193,15 +193,10 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
     common.print_config(cfg, "evaluator")
     part = cfg.out + ".part"                                  # an unfinished run's state, for --resume
     start, elapsed, data_rng = 0, 0.0, None
-    if cfg.resume and os.path.isfile(part):
-        ck = common.load_checkpoint(part, "evaluator-state")
-        common.check_resumable(ck["config"], ck["device_type"], cfg, part, device)
-        common.load_state(model, ck["model"], part)
-        opt.load_state_dict(ck["optimizer"])
+    if cfg.resume and os.path.isfile(part):            # numpy's generator too: margin_loss draws from it
+        ck = common.load_progress(part, "evaluator-state", cfg, device, model, opt)
         sched.load_state_dict(ck["sched"])
-        common.set_rng_state(ck["rng"], device)                      # numpy's too: margin_loss draws from it
         start, elapsed, data_rng = ck["step"], ck["elapsed"], ck["data_rng"]
-        print(f"resumed {part} at step {start}")
     t0 = time.time() - elapsed
     batches = data.train_batches(train_set, cfg.batch_size, cfg.seed, start, data_rng)
     bar = tqdm(range(start, cfg.steps), desc="evaluator", initial=start, total=cfg.steps, mininterval=2)
@@ -217,10 +212,8 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
-            common.atomic_save({"kind": "evaluator-state", "config": dataclasses.asdict(cfg), "device_type": device.type,
-                                "step": step + 1, "elapsed": time.time() - t0, "model": model.state_dict(),
-                                "optimizer": opt.state_dict(), "sched": sched.state_dict(),
-                                "rng": common.rng_state(device), "data_rng": train_set.rng.bit_generator.state}, part)
+            common.save_progress(part, "evaluator-state", cfg, device, step + 1, time.time() - t0, model, opt, train_set,
+                                 sched=sched.state_dict())
     model.eval()
     real = evaluate_real(model, cfg.data, replications=3, seed=cfg.seed, device=device, split="val")
     common.atomic_save({"kind": "evaluator", "config": dataclasses.asdict(cfg), "words": model.words,

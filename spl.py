@@ -264,14 +264,9 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
     part = cfg.out + ".part"                                  # an unfinished run's state, for --resume
     start, elapsed, log, epoch_stats, data_rng = 0, 0.0, [], defaultdict(float), None
     if cfg.resume and os.path.isfile(part):
-        ck = common.load_checkpoint(part, "reward-state")
-        common.check_resumable(ck["config"], ck["device_type"], cfg, part, device)
-        common.load_state(model, ck["model"], part)
-        opt.load_state_dict(ck["optimizer"])
-        common.set_rng_state(ck["rng"], device)
+        ck = common.load_progress(part, "reward-state", cfg, device, model, opt)
         start, elapsed, log, data_rng = ck["step"], ck["elapsed"], ck["log"], ck["data_rng"]
         epoch_stats.update(ck["epoch_stats"])
-        print(f"resumed {part} at step {start}")
 
     def end_epoch(step):                                  # one log row per pass over the data (and the last part)
         if epoch_stats["rows"]:
@@ -310,10 +305,8 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", tau=f"{model.tau.item():.1f}", refresh=False)
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
-            common.atomic_save({"kind": "reward-state", "config": dataclasses.asdict(cfg), "device_type": device.type,
-                                "step": step + 1, "elapsed": time.time() - t0, "model": model.state_dict(),
-                                "optimizer": opt.state_dict(), "log": log, "epoch_stats": dict(epoch_stats),
-                                "rng": common.rng_state(device), "data_rng": train_set.rng.bit_generator.state}, part)
+            common.save_progress(part, "reward-state", cfg, device, step + 1, time.time() - t0, model, opt, train_set,
+                                 log=log, epoch_stats=dict(epoch_stats))
     end_epoch(cfg.steps)
     model.eval()
     common.atomic_save({"kind": "reward", "config": dataclasses.asdict(model.cfg), "vocab": model.vocab.itos,

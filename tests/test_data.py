@@ -13,6 +13,7 @@ import torch
 import captions
 import common
 import data
+import primitives
 import synth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,7 @@ def test_synthetic_round_trip_and_ground_contact(seed):
         feats, out = data.features_from_joints(joints)
         assert feats.shape == (len(joints) - 1, 263) and np.isfinite(feats).all()
         assert np.abs(data.recover_from_ric(feats) - out).max() < 1e-4    # the generated joints come back
-        foot = out[:, synth.FOOT_JOINTS, 1].min(1)
+        foot = out[:, primitives.FOOT_JOINTS, 1].min(1)
         grounded = ~clip["airborne"][:-1]
         assert out[..., 1].min() > -1e-5                                  # nothing below the floor
         assert np.abs(foot[grounded]).max() < 1e-4                        # no floating when not jumping
@@ -72,11 +73,11 @@ def test_directions_follow_the_words():
     """A left side-step travels to +X (the body's left), a left turn is +90 degrees, and the mirror
     of each goes the other way: the attributes the benchmark asks a generator to get right."""
     rng = np.random.default_rng(0)
-    style = synth.sample_style(rng)
+    style = primitives.sample_style(rng)
 
     def run(name, p):
-        seg = synth.BY_NAME[name].make(p, style, rng)
-        E, yaw_rate, lift, push, _ = synth.compose([synth.BY_NAME["stand"].make({}, style, rng, n=12), seg], 8)
+        seg = primitives.BY_NAME[name].make(p, style, rng)
+        E, yaw_rate, lift, push, _ = synth.compose([primitives.BY_NAME["stand"].make({}, style, rng, n=12), seg], 8)
         yaw = np.cumsum(yaw_rate)
         _, j = data.features_from_joints(synth.ground(synth.forward_kinematics(E, yaw), lift, push, yaw))
         return j
@@ -107,7 +108,7 @@ def test_captions_are_well_formed_and_mirrored():
 
 def test_every_phrase_word_has_a_tag():
     rng = np.random.default_rng(0)
-    for prim in synth.PRIMITIVES:
+    for prim in primitives.PRIMITIVES:
         for _ in range(50):
             for form in ("3sg", "ing", "base"):
                 for phrase in prim.phrases(prim.sample(rng)):
@@ -392,6 +393,12 @@ def test_caption_lines_round_trip_and_verbs_inflect_by_rule():
     assert [captions.VERBS[v] for v in ("run", "squat", "wave", "punch", "wait", "do")] == [
         ("runs", "running"), ("squats", "squatting"), ("waves", "waving"), ("punches", "punching"),
         ("waits", "waiting"), ("does", "doing")]
+
+
+def test_primitives_lists_each_primitive_with_its_phrases():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "primitives.py"), "--seed", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert [ln.split()[0] for ln in r.stdout.splitlines() if not ln.startswith(" ")] == [p.name for p in primitives.PRIMITIVES]
 
 
 def test_synth_show_prints_the_written_clips(tiny_data):
