@@ -279,8 +279,7 @@ def compare(ccfg: CompareConfig):
                                            ccfg.seed, device)
         common.atomic_write(part, json.dumps(state))
     log_path = os.path.join(out, "log.jsonl")                          # the updates of the methods done, once
-    kept = [l for l in open(log_path) if json.loads(l)["method"] in curves] if os.path.isfile(log_path) else []
-    common.atomic_write(log_path, "".join(kept))
+    common.keep_lines(log_path, lambda r: r["method"] in curves)
     with open(log_path, "a") as log:
         for m in methods:
             if m in curves:

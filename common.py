@@ -6,7 +6,7 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
   configs      one dataclass per module is the single source of defaults: add_config_args makes its
                flags, given_flags says which were typed (a typed flag wins over a preset), check_ranges
                refuses a bad value before any work, print_config prints the resolved config
-  checkpoints  atomic_save / atomic_write (write, then rename), load_checkpoint (weights_only, the kind checked),
+  checkpoints  atomic_save / atomic_write / keep_lines (write, then rename), load_checkpoint (weights_only, the kind checked),
                load_state (names what does not fit)
   resuming     save_progress / load_progress (an unfinished run's state: weights, optimizer, generators),
                rng_state / set_rng_state (the global generators a loop draws from), check_resumable
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -136,6 +137,16 @@ def atomic_write(path: str, text: str):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def keep_lines(path: str, keep):
+    """Rewrite a JSONL log, atomically, with only the records keep(record) accepts (a resumed run's log
+    keeps the work it will not redo, so what it redoes is logged once); no file: an empty one."""
+    lines = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            lines = [line for line in f if keep(json.loads(line))]
+    atomic_write(path, "".join(lines))
 
 
 def load_checkpoint(path: str, kind: str | None = None) -> dict:

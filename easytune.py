@@ -322,9 +322,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
                                                                                "history", "best", "bad_checks"))
         rng.bit_generator.state, train_set.rng.bit_generator.state = ck["rng"], ck["data_rng"]  # batches, crops
         g.set_state(ck["torch_rng"])
-        kept = list(open(log_path)) if os.path.isfile(log_path) else []         # the updates after the checkpoint
-        kept = [l for l in kept if json.loads(l)["trajectory"] <= start]        # run again: logged once
-        common.atomic_write(log_path, "".join(kept))
+        common.keep_lines(log_path, lambda r: r["trajectory"] <= start)      # the updates after it run again
         print(f"resumed {ckpt_path} at trajectory {start}")
         if bad_checks >= cfg.patience:                                 # it had stopped early: it stays stopped
             print(f"the saved run stopped early (no val improvement in {bad_checks} checks); raise --patience to go on")

@@ -599,6 +599,8 @@ def train(tc: TrainConfig) -> Backbone:
         if ck["model_config"] != dataclasses.asdict(mc):
             raise common.CheckpointError(f"{tc.out}: --resume with a different model config "
                                        f"(checkpoint {ck['model_config']}, asked {dataclasses.asdict(mc)})")
+        common.check_resumable(ck["train_config"], "cuda" if ck.get("cuda_rng") is not None else "cpu", tc, tc.out, device,
+                               may_change=("resume", "device", "eval_every", "ckpt_every"))   # the same batches
         common.load_state(model, ck["model"], tc.out)
         start_stage, start_step, opt_state, log = ck["stage"], ck["step"], ck["optimizer"], ck["log"]
         torch.set_rng_state(ck["rng"])

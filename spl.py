@@ -152,8 +152,7 @@ class Reward(nn.Module):
         bank_captions, bank_emb = bank
         m = self.motion_embed(x, lengths, alpha_bar)
         pos = self.tau * (m * self.text_embed(captions)).sum(-1)
-        bank_bags = [meaning(b) for b in bank_captions]
-        same = torch.tensor([[meaning(c) == b for b in bank_bags] for c in captions])   # (B, n)
+        same = same_meaning(captions, bank_captions)                                   # (B, n)
         others = (self.tau * m @ bank_emb.T).masked_fill(same.to(m.device), float("-inf"))
         return pos - torch.logsumexp(torch.cat([pos[:, None], others], 1), 1)
 
@@ -188,10 +187,11 @@ def meaning(caption):
     return frozenset(data.words(caption)) - STOP
 
 
-def same_meaning(captions):
-    """(B, B) bool: captions with the same content words."""
+def same_meaning(captions, others=None):
+    """(B, B) bool: captions with the same content words; against `others` (B, n)."""
     bags = [meaning(c) for c in captions]
-    return torch.tensor([[a == b for b in bags] for a in bags])
+    other_bags = bags if others is None else [meaning(c) for c in others]
+    return torch.tensor([[a == b for b in other_bags] for a in bags])
 
 
 def noisy(x, mask, max_t, p, scheduler):

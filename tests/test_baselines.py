@@ -168,7 +168,7 @@ def without_times(x):
 
 @pytest.mark.filterwarnings("ignore:R-Precision over")                     # the tiny test split: one small group
 def test_an_interrupted_comparison_resumes_with_the_base_and_the_methods_it_finished(tiny_data, tmp_path,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, crash_on):
     """Stopped in its second method, then --resume: the base's evaluation and the first method are kept, not
     run again, and the table, curves and log equal those of a comparison never stopped (an equal number of
     trajectories, so each method's run is deterministic); results_traj.json.part is gone at the end."""
@@ -182,16 +182,9 @@ def test_an_interrupted_comparison_resumes_with_the_base_and_the_methods_it_fini
     whole = baselines.compare(ccfg)
     whole_log = [json.loads(l) for l in open(out / "log.jsonl")]
     tune, evaluate, calls = baselines.tune, baselines.metrics.evaluate, []
-
-    def stopped_in_the_second(m, *a, **k):
-        calls.append(m)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return tune(m, *a, **k)
-    monkeypatch.setattr(baselines, "tune", stopped_in_the_second)
+    monkeypatch.setattr(baselines, "tune", crash_on(tune, 2))                 # stopped in the second method
     with pytest.raises(KeyboardInterrupt):
         baselines.compare(ccfg)
-    calls.clear()
     monkeypatch.setattr(baselines, "tune", lambda m, *a, **k: calls.append(m) or tune(m, *a, **k))
     monkeypatch.setattr(baselines.metrics, "evaluate", lambda *a, **k: calls.append("evaluate") or evaluate(*a, **k))
     with pytest.raises(common.CheckpointError, match=r"results_traj.json.part: --resume with settings .*replications"):

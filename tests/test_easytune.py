@@ -404,7 +404,8 @@ def test_selection_reads_val_never_test_and_falls_back_to_the_pretrained_model(b
 
 
 @pytest.mark.parametrize("method", ["step", "chain"])
-def test_resume_after_a_crash_continues_the_run_exactly(build_tiny, tiny_data, tmp_path, monkeypatch, method):
+def test_resume_after_a_crash_continues_the_run_exactly(build_tiny, tiny_data, tmp_path, monkeypatch, crash_on,
+                                                        method):
     """Killed in trajectory 4 (checkpoint at 3), then --resume: the same weights, optimizer moments, log and
     selection state (best so far, val history, checks without improvement; best.pt) as the run that was never
     interrupted (the updates after the checkpoint run again, logged once); a --resume that changes a setting of
@@ -424,14 +425,8 @@ def test_resume_after_a_crash_continues_the_run_exactly(build_tiny, tiny_data, t
 
     (a := tmp_path / "once").mkdir(), (b := tmp_path / "killed").mkdir()
     want, want_log = run(a)
-    real, calls = easytune.easytune_trajectory, []
-
-    def dies_in_the_fourth(*args, **kw):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-    monkeypatch.setattr(easytune, "easytune_trajectory", dies_in_the_fourth)
+    real = easytune.easytune_trajectory
+    monkeypatch.setattr(easytune, "easytune_trajectory", crash_on(real, 4))          # dies in the fourth
     with pytest.raises(KeyboardInterrupt):
         run(b)
     assert len(open(b / "log.jsonl").readlines()) == 3 * 3          # three trajectories of 3 updates, then killed

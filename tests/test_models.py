@@ -268,6 +268,8 @@ def test_resume_continues_the_step_count_the_lr_schedule_and_the_batches(tiny_da
     assert ck["step"] == 30 and ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
         tc.lr * models.lr_factor(30, tc.steps))                          # the uninterrupted schedule's, not step 31's
     monkeypatch.setattr(models, "validation_loss", real)
+    with pytest.raises(common.CheckpointError, match=r"r.pt: --resume with settings .*batch_size: saved 16, asked 8"):
+        models.train(dataclasses.replace(tc, resume=True, batch_size=8))            # another batch stream: refused
     models.train(dataclasses.replace(tc, resume=True))
     ck = common.load_checkpoint(out)
     assert ck["done"] and [e["step"] for e in ck["log"]] == [10, 20, 30, 40]
