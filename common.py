@@ -4,10 +4,10 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
   errors       InputError (a bad file, folder or flag; cli() turns it into one line and exit code 2) and
                CheckpointError; data.py adds DataError for malformed dataset folders
   configs      one dataclass per module is the single source of defaults: add_config_args makes its
-               flags, given_flags says which were typed (a typed flag wins over a preset), check_ranges
-               refuses a bad value before any work, print_config prints the resolved config
-  checkpoints  atomic_save / atomic_write / keep_lines (write, then rename), load_checkpoint (weights_only, the kind checked),
-               load_state (names what does not fit)
+               flags, given_flags says which were typed, fill puts a preset in the others (a typed flag
+               wins), check_ranges refuses a bad value before any work, print_config prints the config
+  checkpoints  atomic_save / atomic_write / keep_lines (write, then rename), load_checkpoint (weights_only,
+               the kind checked), load_state (names what does not fit)
   resuming     save_progress / load_progress (an unfinished run's state: weights, optimizer, generators),
                rng_state / set_rng_state (the global generators a loop draws from), check_resumable
                (--resume goes on only with the saved run's settings and kind of device)
@@ -98,6 +98,12 @@ def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
     unset = object()
     ns = argparse.Namespace(**{k: unset for k in vars(parser.parse_args(argv))})
     return {k for k, v in vars(parser.parse_args(argv, namespace=ns)).items() if v is not unset}
+
+
+def fill(cfg, values: dict, given: set):
+    """cfg with `values` (a preset's, a backbone's) in every field the command line did not set: a flag
+    typed on the command line wins, even when it repeats the dataclass default."""
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in given})
 
 
 def config_from_args(cfg_cls, args, **override):

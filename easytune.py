@@ -618,7 +618,7 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
         default = EasyTuneConfig()
         given = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
     fill = {**BACKBONE_DEFAULTS[cfg.backbone], **PRESETS[cfg.preset]}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in fill.items() if k not in given})
+    cfg = common.fill(cfg, fill, given)
     common.check_ranges(cfg, trajectories=">= 1", val_every=">= 1", patience=">= 1", replications=">= 1",
                       batch_size=">= 1", lr="> 0", clip="> 0", kl_weight=">= 0", lora_rank=">= 0",
                       sample_steps=(1, 999), seed=">= 0")

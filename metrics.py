@@ -635,7 +635,7 @@ def main():
         if cfg.preset not in EVALUATOR_PRESETS:
             raise common.InputError(f"--preset {cfg.preset!r}: tiny or default")
         given = common.given_flags(t, argv[1:])                            # a flag given wins, even at its default
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in EVALUATOR_PRESETS[cfg.preset].items() if k not in given})
+        cfg = common.fill(cfg, EVALUATOR_PRESETS[cfg.preset], given)
         common.output_path(cfg.out, "--out")
         train_evaluator(cfg)
     elif a.cmd == "eval":

@@ -702,7 +702,7 @@ def main():
         tc = common.config_from_args(TrainConfig, a)
         model_config(tc.backbone, tc.preset)                              # validates backbone and preset
         given = common.given_flags(t, argv[1:])                            # a flag given wins, even at its default
-        tc = dataclasses.replace(tc, **{k: v for k, v in PRESETS[tc.preset][1].items() if k not in given})
+        tc = common.fill(tc, PRESETS[tc.preset][1], given)
         common.check_ranges(tc, vae_steps=">= 0", steps=">= 1", batch_size=">= 1", lr="> 0", weight_decay=">= 0",
                           eval_every=">= 1", ckpt_every=">= 1", seed=">= 0")
         if not os.path.isdir(tc.data):

@@ -451,7 +451,7 @@ def main(argv=None):
             raise common.InputError(f"--preset {cfg.preset!r}: tiny or default")
         given = common.given_flags(trainers[a.cmd], argv[1:])           # a flag given wins, even at its default
         over = {**PRESETS[cfg.preset], **(SPL_DEFAULTS if a.cmd == "spl" and cfg.preset == "default" else {})}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if k not in given})
+        cfg = common.fill(cfg, over, given)
         if a.cmd == "spl" and not cfg.init:
             raise common.InputError("spl needs --init PATH, a reward from `spl.py pretrain`")
         common.check_ranges(cfg, d_model=">= 1", heads=">= 1", layers=">= 1", text_layers=">= 1", embed_dim=">= 1",
