@@ -246,6 +246,8 @@ def easytune_config(ccfg: CompareConfig) -> "easytune.EasyTuneConfig":
 
 def compare(ccfg: CompareConfig):
     methods = [m.strip() for m in ccfg.methods.split(",") if m.strip()]
+    if not methods:
+        raise common.InputError(f"--methods {ccfg.methods!r}: no method; choose from {', '.join(METHODS)}")
     for m in methods:
         if m not in METHODS:
             raise common.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
@@ -270,8 +272,9 @@ def compare(ccfg: CompareConfig):
                 saved = json.load(f)
         except ValueError as e:
             raise common.CheckpointError(f"{part}: corrupt ({e}); delete it, or drop --resume") from None
-        common.check_resumable(saved["config"], saved["device_type"], ccfg, part, device)
-        state.update(results=saved["results"], curves=saved["curves"])
+        with common.entries(part):
+            common.check_resumable(saved["config"], saved["device_type"], ccfg, part, device)
+            state.update(results=dict(saved["results"]), curves=dict(saved["curves"]))
         print(f"resumed {part}: {', '.join(state['results'])} done")
     results, curves = state["results"], state["curves"]
     if "base" not in results:

@@ -7,7 +7,8 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
                flags, given_flags says which were typed, fill puts a preset in the others (a typed flag
                wins), check_ranges refuses a bad value before any work, print_config prints the config
   checkpoints  atomic_save / atomic_write / keep_lines (write, then rename), load_checkpoint (weights_only,
-               the kind checked), load_state (names what does not fit)
+               the kind checked), entries (a missing entry or a foreign config named), load_state (names
+               what does not fit, refuses non-finite weights)
   resuming     save_progress / load_progress (an unfinished run's state: weights, optimizer, generators),
                rng_state / set_rng_state (the global generators a loop draws from), check_resumable
                (--resume goes on only with the saved run's settings and kind of device)
@@ -16,6 +17,7 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -120,7 +122,12 @@ def output_path(path: str, flag: str, suffixes: tuple = ()) -> str:
         raise InputError(f"{flag} {path}: is a folder, give a file name")
     if suffixes and not path.endswith(suffixes):
         raise InputError(f"{flag} {path}: must end in {' or '.join(suffixes)}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except FileExistsError as e:                               # a file where a folder of the path should be
+        raise InputError(f"{flag} {path}: cannot make its folder, {e.filename} is a file") from None
+    except OSError as e:
+        raise InputError(f"{flag} {path}: cannot make its folder ({e.strerror}: {e.filename})") from None
     return path
 
 
@@ -147,11 +154,21 @@ def atomic_write(path: str, text: str):
 
 def keep_lines(path: str, keep):
     """Rewrite a JSONL log, atomically, with only the records keep(record) accepts (a resumed run's log
-    keeps the work it will not redo, so what it redoes is logged once); no file: an empty one."""
-    lines = []
+    keeps the work it will not redo, so what it redoes is logged once); no file: an empty one. A line that
+    is not JSON (a run killed while appending it) is dropped, and said."""
+    lines, damaged = [], 0
     if os.path.isfile(path):
         with open(path) as f:
-            lines = [line for line in f if keep(json.loads(line))]
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    damaged += 1
+                    continue
+                if keep(record):
+                    lines.append(line)
+    if damaged:
+        print(f"warning: {path}: dropped {damaged} damaged line(s) (not JSON)")
     atomic_write(path, "".join(lines))
 
 
@@ -172,8 +189,23 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
     return ck
 
 
+@contextlib.contextmanager
+def entries(path: str):
+    """Read a loaded checkpoint's entries inside this: an entry that is missing, or a saved config this code
+    does not take, is a CheckpointError naming the file, not a KeyError deep in a loader."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as e:      # ValueError: e.g. an optimizer that does not fit
+        raise CheckpointError(f"{path}: incomplete, or written by other code ({type(e).__name__}: {e})") from None
+
+
 def load_state(module: torch.nn.Module, state: dict, path: str):
-    """load_state_dict that names what differs instead of a state-dict traceback."""
+    """load_state_dict that names what differs instead of a state-dict traceback, and refuses weights that
+    are not finite (a diverged run's), which would make every later number NaN without a word."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its 'model' entry is not a state dict")
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -188,6 +220,9 @@ def load_state(module: torch.nn.Module, state: dict, path: str):
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise CheckpointError(f"{path}: does not fit the model config: " + ", ".join(parts))
+    nan = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nan:
+        raise CheckpointError(f"{path}: {len(nan)} tensors hold NaN or inf (e.g. {nan[0]}): a diverged run's weights")
     module.load_state_dict(state)
 
 
@@ -220,10 +255,11 @@ def load_progress(path: str, kind: str, cfg, device: torch.device, model, opt) -
     """Restore a save_progress state into model, opt and the global generators, after checking it was saved
     with cfg's settings on this kind of device. -> the checkpoint (step, elapsed, data_rng and the extras)."""
     ck = load_checkpoint(path, kind)
-    check_resumable(ck["config"], ck["device_type"], cfg, path, device)
-    load_state(model, ck["model"], path)
-    opt.load_state_dict(ck["optimizer"])
-    set_rng_state(ck["rng"], device)
+    with entries(path):
+        check_resumable(ck["config"], ck["device_type"], cfg, path, device)
+        load_state(model, ck["model"], path)
+        opt.load_state_dict(ck["optimizer"])
+        set_rng_state(ck["rng"], device)
     print(f"resumed {path} at step {ck['step']}")
     return ck
 

@@ -49,7 +49,8 @@ def motion_stats(feats, mask):
 
 
 def stats_table(generators, root, split="val", items=128, steps=50, seed=0, device="cpu"):
-    """motion_stats of the real clips and of each generator's samples for the same captions and lengths."""
+    """motion_stats of the real clips and of each generator's samples for the same captions and lengths.
+    -> (rows, the number of clips: items, or fewer if the split has fewer)"""
     import models
     ds = data.MotionTextDataset(root, split, seed=seed, deterministic=True)
     b = data.collate([ds[i] for i in range(min(items, len(ds)))])
@@ -58,10 +59,10 @@ def stats_table(generators, root, split="val", items=128, steps=50, seed=0, devi
     rows = {"real": motion_stats(b["motion"].to(device), mask)}
     for path in generators:
         gen = models.load_generator(path, device)
-        data.check_same_dataset(root, path, gen)                          # its captions and vocabulary are root's
+        data.check_same_dataset(root, path, gen.mean)                     # its captions and vocabulary are root's
         x = gen.sample(b["captions"], lengths, steps=steps, generator=torch.Generator(device=device).manual_seed(seed))
         rows[path] = motion_stats((x * gen.std + gen.mean - mean) / std * mask[..., None], mask)
-    return rows
+    return rows, len(lengths)
 
 
 def smooth_in_time(feats, lengths, sigma):
@@ -133,9 +134,9 @@ def main():
             print(f"{name:>28}: " + "  ".join(f"{k} {v['mean']:.3f}±{v['ci']:.3f}" for k, v in row.items()))
         print(f"({a.split} split, {a.replications} replications, {time.time() - t0:.0f}s)")
     else:
-        rows = stats_table(a.generator, a.data, a.split, a.items, device=device)
+        rows, n = stats_table(a.generator, a.data, a.split, a.items, device=device)
         parts = list(rows["real"])
-        print(f"{a.split}, {a.items} clips; per part: mean |x| / mean |x_f+1 - x_f| (normalised features)")
+        print(f"{a.split}, {n} clips; per part: mean |x| / mean |x_f+1 - x_f| (normalised features)")
         print(f"{'':>40} " + " ".join(f"{p:>17}" for p in parts))
         for name, row in rows.items():
             print(f"{name[-40:]:>40} " + " ".join(f"{row[p][0]:>8.3f}/{row[p][1]:<8.3f}" for p in parts))

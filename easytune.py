@@ -313,15 +313,16 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
     base = val_score(gen, reward_fn, root, cfg.sample_steps)
     history.append({"trajectory": 0, **{k: v for k, v in base.items() if k != "touched"}})
     if ck is not None:
-        gen.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if theta_prime is not None:
-            for q, v in zip(theta_prime, ck["theta_prime"]):
-                q.data.copy_(v)
-        start, updates, elapsed, history, best, bad_checks = (ck[k] for k in ("trajectory", "updates", "elapsed",
-                                                                               "history", "best", "bad_checks"))
-        rng.bit_generator.state, train_set.rng.bit_generator.state = ck["rng"], ck["data_rng"]  # batches, crops
-        g.set_state(ck["torch_rng"])
+        with common.entries(ckpt_path):
+            common.load_state(gen, ck["model"], ckpt_path)
+            opt.load_state_dict(ck["optimizer"])
+            if theta_prime is not None:
+                for q, v in zip(theta_prime, ck["theta_prime"], strict=True):
+                    q.data.copy_(v)
+            start, updates, elapsed, history, best, bad_checks = (ck[k] for k in ("trajectory", "updates", "elapsed",
+                                                                                   "history", "best", "bad_checks"))
+            rng.bit_generator.state, train_set.rng.bit_generator.state = ck["rng"], ck["data_rng"]  # batches, crops
+            g.set_state(ck["torch_rng"])
         common.keep_lines(log_path, lambda r: r["trajectory"] <= start)      # the updates after it run again
         print(f"resumed {ckpt_path} at trajectory {start}")
         if bad_checks >= cfg.patience:                                 # it had stopped early: it stays stopped
@@ -381,7 +382,8 @@ def check_resumable(ck: dict, cfg: EasyTuneConfig, path, device):
     within the device's kind)."""
     if "data_rng" not in ck or "device_type" not in ck:
         raise common.CheckpointError(f"{path}: written by an older easytune.py (no data order or device saved); drop --resume")
-    common.check_resumable(ck["config"], ck["device_type"], cfg, path, device, may_change=RESUMABLE)
+    with common.entries(path):
+        common.check_resumable(ck["config"], ck["device_type"], cfg, path, device, may_change=RESUMABLE)
 
 
 def trainable(gen, cfg):
@@ -416,8 +418,7 @@ def prerequisites(cfg: EasyTuneConfig, device):
     name = os.path.basename(os.path.abspath(cfg.data)) if cfg.data else "synth-tiny" if tiny else "synth"
     if cfg.data and not os.path.isdir(cfg.data):
         raise common.InputError(f"--data {cfg.data}: folder not found")
-    run = os.path.join(cfg.runs, name)
-    os.makedirs(run, exist_ok=True)
+    run = os.path.join(cfg.runs, name)                # made by the first artefact saved in it
     root = cfg.data or os.path.join(run, "data")
     report = {}
 
@@ -436,8 +437,21 @@ def prerequisites(cfg: EasyTuneConfig, device):
                                     synth.write_dataset(root, 80 if tiny else 1600, seed=0)),
              done=lambda p: os.path.isfile(os.path.join(p, "all.txt")))
 
-    def checkpoint(kind):                  # reused if it loads as that kind; a truncated file is an error now
-        return lambda p: os.path.isfile(p) and bool(common.load_checkpoint(p, kind))
+    def checkpoint(kind):
+        """Reused if it is a finished checkpoint of that kind (a truncated file is an error now) trained on root:
+        the run folder is named after the data folder, so another folder of the same name must not reuse it."""
+        def done(p):
+            if not os.path.isfile(p):
+                return False
+            ck = common.load_checkpoint(p, kind)
+            with common.entries(p):
+                try:
+                    data.check_same_dataset(root, p, ck["model"]["mean"])
+                except common.InputError as e:
+                    raise common.InputError(f"{e}; {run} is named after the data folder: another --runs keeps "
+                                            "the two apart") from None
+                return bool(ck.get("done", True))           # a generator's pretraining may be unfinished
+        return done
 
     preset = "tiny" if tiny else "default"
     ev_cfg = metrics.EvaluatorConfig(data=root, out=os.path.join(run, "evaluator.pt"), device=cfg.device, resume=True,
@@ -451,8 +465,7 @@ def prerequisites(cfg: EasyTuneConfig, device):
     step("reward (SPL)", s_cfg.out, lambda: spl.train(s_cfg, "spl"), checkpoint("reward"))
     g_cfg = models.TrainConfig(data=root, out=os.path.join(run, f"{cfg.backbone}.pt"), backbone=cfg.backbone,
                                preset=preset, device=cfg.device, resume=True, **models.PRESETS[preset][1])
-    step(f"{cfg.backbone} (pretraining)", g_cfg.out, lambda: models.train(g_cfg),
-         done=lambda p: os.path.isfile(p) and common.load_checkpoint(p, "generator").get("done"))
+    step(f"{cfg.backbone} (pretraining)", g_cfg.out, lambda: models.train(g_cfg), checkpoint("generator"))
     return run, root, report
 
 
@@ -492,7 +505,14 @@ def evaluate_cached(gen_path, ev, root, cfg, device, cache):
     st = os.stat(gen_path)
     key = (f"{os.path.abspath(gen_path)}:{st.st_size}:{st.st_mtime_ns}:{cfg.replications}:{cfg.seed}:{cfg.sample_steps}"
            f":{cfg.guidance}:{device.type}")                       # guidance < 0: the scale saved in the checkpoint
-    store = json.load(open(cache)) if os.path.isfile(cache) else {}
+    store = {}
+    if os.path.isfile(cache):
+        try:
+            with open(cache) as f:
+                store = json.load(f)
+        except ValueError:
+            print(f"warning: {cache}: not JSON, so not used (it is rewritten with this run's rows)")
+        store = store if isinstance(store, dict) else {}
     if key not in store:
         gen = set_guidance(models.load_generator(gen_path, device), cfg.guidance)
         t = time.time()

@@ -195,8 +195,9 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
     start, elapsed, data_rng = 0, 0.0, None
     if cfg.resume and os.path.isfile(part):            # numpy's generator too: margin_loss draws from it
         ck = common.load_progress(part, "evaluator-state", cfg, device, model, opt)
-        sched.load_state_dict(ck["sched"])
-        start, elapsed, data_rng = ck["step"], ck["elapsed"], ck["data_rng"]
+        with common.entries(part):
+            sched.load_state_dict(ck["sched"])
+            start, elapsed, data_rng = ck["step"], ck["elapsed"], ck["data_rng"]
     t0 = time.time() - elapsed
     batches = data.train_batches(train_set, cfg.batch_size, cfg.seed, start, data_rng)
     bar = tqdm(range(start, cfg.steps), desc="evaluator", initial=start, total=cfg.steps, mininterval=2)
@@ -227,8 +228,9 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
 
 def load_evaluator(path: str, device="cpu") -> Evaluator:
     ck = common.load_checkpoint(path, "evaluator")
-    model = Evaluator(EvaluatorConfig(**ck["config"]), ck["words"], ck["dims"])
-    common.load_state(model, ck["model"], path)
+    with common.entries(path):
+        model = Evaluator(EvaluatorConfig(**ck["config"]), ck["words"], ck["dims"])
+        common.load_state(model, ck["model"], path)
     return model.to(device).eval()
 
 
@@ -600,7 +602,7 @@ def loaded(a, device):
     paths = a.generator if isinstance(a.generator, list) else [a.generator]
     gens, ev = [models.load_generator(g, device) for g in paths], load_evaluator(a.evaluator, device)
     for path, model in zip(paths + [a.evaluator], gens + [ev]):
-        data.check_same_dataset(a.data, path, model)
+        data.check_same_dataset(a.data, path, model.mean)
     return gens, ev
 
 
@@ -657,7 +659,7 @@ def main():
         if a.reward:
             import spl
             reward = spl.load_reward(a.reward, device)
-            data.check_same_dataset(a.data, a.reward, reward)
+            data.check_same_dataset(a.data, a.reward, reward.mean)
             second = reward.retrieval_embeddings
         res = compare(*gens, ev, a.data, a.replications, a.seed, device, a.split, second=second)
         print(f"{a.split} split, {res['items']} items from {res['sources']} source motions, "

@@ -540,14 +540,10 @@ def build_model(cfg: ModelConfig, vocab: data.Vocab, dims: int = 263) -> Backbon
 def load_generator(path: str, device="cpu") -> Backbone:
     """A pretrained (or fine-tuned) MLD / MDM from its checkpoint, in eval mode."""
     ck = common.load_checkpoint(path, "generator")
-    try:
-        cfg = ModelConfig(**ck["model_config"])
-        model = build_model(cfg, data.Vocab(ck["vocab"]), int(ck["dims"]))
+    with common.entries(path):
+        model = build_model(ModelConfig(**ck["model_config"]), data.Vocab(ck["vocab"]), int(ck["dims"]))
         model.mean, model.std = ck["model"]["mean"], ck["model"]["std"]  # size the statistics buffers first
-    except (TypeError, KeyError) as e:
-        raise common.CheckpointError(f"{path}: incomplete, or its model config does not match this code "
-                                   f"({type(e).__name__}: {e})") from None
-    common.load_state(model, ck["model"], path)
+        common.load_state(model, ck["model"], path)
     return model.to(device).eval()
 
 
@@ -596,17 +592,21 @@ def train(tc: TrainConfig) -> Backbone:
     start_stage, start_step, opt_state, log, data_rng = 0, 0, None, [], None
     if tc.resume and os.path.isfile(tc.out):
         ck = common.load_checkpoint(tc.out, "generator")
-        if ck["model_config"] != dataclasses.asdict(mc):
-            raise common.CheckpointError(f"{tc.out}: --resume with a different model config "
-                                       f"(checkpoint {ck['model_config']}, asked {dataclasses.asdict(mc)})")
-        common.check_resumable(ck["train_config"], "cuda" if ck.get("cuda_rng") is not None else "cpu", tc, tc.out, device,
-                               may_change=("resume", "device", "eval_every", "ckpt_every"))   # the same batches
-        common.load_state(model, ck["model"], tc.out)
-        start_stage, start_step, opt_state, log = ck["stage"], ck["step"], ck["optimizer"], ck["log"]
-        torch.set_rng_state(ck["rng"])
-        data_rng = ck.get("data_rng")                                     # crops and captions of the next batches
-        if device.type == "cuda" and ck.get("cuda_rng") is not None:        # the draws that matter on a GPU
-            torch.cuda.set_rng_state(ck["cuda_rng"], device)
+        if ck.get("train_config") is None:
+            raise common.CheckpointError(f"{tc.out}: a fine-tuned generator (no pretraining state): nothing to "
+                                         "resume; drop --resume, or give another --out")
+        with common.entries(tc.out):
+            if ck["model_config"] != dataclasses.asdict(mc):
+                raise common.CheckpointError(f"{tc.out}: --resume with a different model config "
+                                             f"(checkpoint {ck['model_config']}, asked {dataclasses.asdict(mc)})")
+            common.check_resumable(ck["train_config"], "cuda" if ck.get("cuda_rng") is not None else "cpu", tc, tc.out,
+                                   device, may_change=("resume", "device", "eval_every", "ckpt_every"))  # the same batches
+            common.load_state(model, ck["model"], tc.out)
+            start_stage, start_step, opt_state, log = ck["stage"], ck["step"], ck["optimizer"], ck["log"]
+            torch.set_rng_state(ck["rng"])
+            data_rng = ck.get("data_rng")                                 # crops and captions of the next batches
+            if device.type == "cuda" and ck.get("cuda_rng") is not None:    # the draws that matter on a GPU
+                torch.cuda.set_rng_state(ck["cuda_rng"], device)
         print(f"resumed {tc.out} at stage {stages[min(start_stage, len(stages) - 1)][0]} step {start_step}")
     print(f"{mc.backbone}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
     common.print_config(mc, "model")
@@ -624,7 +624,8 @@ def train(tc: TrainConfig) -> Backbone:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, n=n_steps: lr_factor(s, n))
         step = start_step if si == start_stage else 0
         if opt_state is not None and si == start_stage:
-            opt.load_state_dict(opt_state)                                # holds the lr of the resumed step
+            with common.entries(tc.out):
+                opt.load_state_dict(opt_state)                            # holds the lr of the resumed step
             sched.last_epoch = step
         model.train()
         batches = data.train_batches(train_set, tc.batch_size, tc.seed, start=step,     # resumed: the same stream
@@ -711,7 +712,8 @@ def main():
         train(tc)
     else:
         common.check_ranges(a, seconds="> 0", seed=">= 0", steps=">= 1", guidance=">= 0")
-        common.output_path(a.out, "--out", (".npy",))
+        stem = os.path.splitext(common.output_path(a.out, "--out", (".npy",)))[0]
+        common.output_path(f"{stem}_joints.npy", "--out (its joints)")       # both checked before any work
         device = common.pick_device(a.device)
         model = load_generator(a.ckpt, device)
         fps = data.skeleton_for_dims(int(model.mean.shape[0])).fps          # 20 (HumanML3D) or 12.5 (KIT-ML)
@@ -722,7 +724,6 @@ def main():
         feats = model.sample([a.text], [frames], a.steps, a.guidance, generator=g)[0]
         feats = (feats * model.std + model.mean).cpu().numpy()
         joints = data.recover_from_ric(feats)
-        stem = os.path.splitext(a.out)[0]
         np.save(a.out, feats)
         np.save(f"{stem}_joints.npy", joints)
         print(f"wrote {a.out} {feats.shape} and {stem}_joints.npy {joints.shape}")

@@ -250,6 +250,7 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
         model = load_reward(cfg.init, device).train()
         if model.vocab.itos != data.build_vocab(cfg.data).itos:
             raise common.InputError(f"--init {cfg.init}: trained on another dataset's vocabulary than {cfg.data}")
+        data.check_same_dataset(cfg.data, f"--init {cfg.init}", model.mean)        # and its normalisation
         train_set = data.MotionTextDataset(cfg.data, "train", seed=cfg.seed)
         arch = ("d_model", "heads", "layers", "text_layers", "embed_dim", "patch", "tau")   # the init's, kept
         model.cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in arch})  # saved: what this run did
@@ -265,8 +266,9 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
     start, elapsed, log, epoch_stats, data_rng = 0, 0.0, [], defaultdict(float), None
     if cfg.resume and os.path.isfile(part):
         ck = common.load_progress(part, "reward-state", cfg, device, model, opt)
-        start, elapsed, log, data_rng = ck["step"], ck["elapsed"], ck["log"], ck["data_rng"]
-        epoch_stats.update(ck["epoch_stats"])
+        with common.entries(part):
+            start, elapsed, log, data_rng = ck["step"], ck["elapsed"], ck["log"], ck["data_rng"]
+            epoch_stats.update(ck["epoch_stats"])
 
     def end_epoch(step):                                  # one log row per pass over the data (and the last part)
         if epoch_stats["rows"]:
@@ -320,8 +322,9 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
 
 def load_reward(path: str, device="cpu") -> Reward:
     ck = common.load_checkpoint(path, "reward")
-    model = Reward(RewardConfig(**ck["config"]), data.Vocab(ck["vocab"]), ck["dims"])
-    common.load_state(model, ck["model"], path)
+    with common.entries(path):
+        model = Reward(RewardConfig(**ck["config"]), data.Vocab(ck["vocab"]), ck["dims"])
+        common.load_state(model, ck["model"], path)
     return model.to(device).eval()
 
 
@@ -471,7 +474,7 @@ def main(argv=None):
         samples = {path: models.load_generator(path, device) for path in a.samples}
         rewards = {path: load_reward(path, device) for path in a.reward}
         for path, model in {**rewards, **samples, **({a.generator: gen} if gen else {})}.items():
-            data.check_same_dataset(a.data, path, model)                  # bench reads the folder's normalisation
+            data.check_same_dataset(a.data, path, model.mean)                  # bench reads the folder's normalisation
         results = {}
         for path, reward in rewards.items():
             res = bench(reward, a.data, gen, samples=samples)

@@ -105,10 +105,12 @@ def main():
     if not os.path.isfile(path):
         raise common.InputError(f"{path}: joints file not found")
     joints = data.read_npy(path)
-    if joints.ndim == 4:
+    if joints.ndim == 4 and len(joints):                          # a batch of clips: the first
         joints = joints[0]
-    if joints.ndim != 3 or joints.shape[-1] != 3 or joints.shape[1] not in (22, 21) or not len(joints):
-        raise common.InputError(f"{path}: expected (frames, 22 or 21 joints, 3) (HumanML3D or KIT-ML), got {joints.shape}")
+    if (joints.dtype.kind not in "fiu" or joints.ndim != 3 or joints.shape[-1] != 3 or joints.shape[1] not in (22, 21)
+            or not len(joints)):
+        raise common.InputError(f"{path}: expected numbers shaped (frames, 22 or 21 joints, 3) (HumanML3D or KIT-ML), "
+                                f"got {joints.dtype} {joints.shape}")
     if not np.isfinite(joints).all():
         raise common.InputError(f"{path}: contains NaN or Inf")
     skel = data.HUMANML3D if joints.shape[1] == 22 else data.KIT

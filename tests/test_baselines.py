@@ -157,6 +157,8 @@ def test_unknown_method_and_out_of_range_settings_are_clear_errors():
         baselines.plan("dpok", T, np.random.default_rng(0))
     with pytest.raises(baselines.common.InputError, match="--val-checks 0: must be >= 1"):   # before any work
         baselines.compare(baselines.CompareConfig(val_checks=0))
+    with pytest.raises(baselines.common.InputError, match="--methods ',': no method"):
+        baselines.compare(baselines.CompareConfig(methods=","))
 
 
 def without_times(x):
@@ -189,6 +191,13 @@ def test_an_interrupted_comparison_resumes_with_the_base_and_the_methods_it_fini
     monkeypatch.setattr(baselines.metrics, "evaluate", lambda *a, **k: calls.append("evaluate") or evaluate(*a, **k))
     with pytest.raises(common.CheckpointError, match=r"results_traj.json.part: --resume with settings .*replications"):
         baselines.compare(dataclasses.replace(ccfg, resume=True, replications=2))
+    saved = (out / "results_traj.json.part").read_text()
+    (out / "results_traj.json.part").write_text("{}")                    # JSON, but not a comparison's state
+    with pytest.raises(common.CheckpointError, match=r"json\.part: incomplete, or written by other code \(KeyError"):
+        baselines.compare(dataclasses.replace(ccfg, resume=True))
+    (out / "results_traj.json.part").write_text(saved)
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"method": "refl-10", "tra')                               # the line a kill cut: dropped
     got = baselines.compare(dataclasses.replace(ccfg, resume=True))
     assert calls == ["refl-10", "evaluate"]                                # only the method that was stopped
     assert without_times(got["results"]) == without_times(whole["results"])
@@ -216,3 +225,12 @@ def test_the_stick_figure_is_drawn_by_a_rotation_not_a_mirror():
     basis = np.stack([np.stack(viz.to_plot(e)) for e in np.eye(3)], 1)     # columns: images of e_x, e_y, e_z
     assert np.allclose(basis @ basis.T, np.eye(3)) and np.isclose(np.linalg.det(basis), 1.0)
     assert np.allclose(basis[:, 1], [0, 0, 1])                              # HumanML3D's up is the plot's up
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 10, 22, 3)), np.full((2, 22, 3), "a"), np.zeros((5, 23, 3))])
+def test_viz_refuses_joints_it_cannot_draw_naming_the_file(bad, tmp_path, monkeypatch):
+    import viz
+    np.save(tmp_path / "j.npy", bad)
+    monkeypatch.setattr("sys.argv", ["viz.py", "--joints", str(tmp_path / "j.npy"), "--out", str(tmp_path / "v.png")])
+    with pytest.raises(common.InputError, match=r"j\.npy: expected numbers shaped \(frames, 22 or 21 joints, 3\)"):
+        viz.main()

@@ -359,6 +359,14 @@ def test_synth_writes_all_or_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         synth.write_dataset(str(tmp_path / "new"), 4, seed=0)
     assert not (tmp_path / "new").exists()
+    synth.write_dataset(str(tmp_path / "new"), 4, seed=0)                 # the killed run's new.partial: replaced
+    assert not (tmp_path / "new.partial").exists() and len(os.listdir(tmp_path / "new" / "texts")) == 8
+    assert ".written_by_synth" not in os.listdir(tmp_path / "new")        # its marker is not part of the dataset
+    (tmp_path / "mine.partial").mkdir()                                    # a folder synth did not leave: kept
+    (tmp_path / "mine.partial" / "notes.txt").write_text("keep")
+    with pytest.raises(common.InputError, match="mine.partial exists and was not left by an interrupted synth run"):
+        synth.write_dataset(str(tmp_path / "mine"), 4, seed=0)
+    assert os.listdir(tmp_path / "mine.partial") == ["notes.txt"] and not (tmp_path / "mine").exists()
 
 
 def test_short_clips_are_skipped_with_one_warning(tiny_data, tmp_path):

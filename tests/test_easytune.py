@@ -3,6 +3,7 @@ optimisation, the step schedules of App. A.5, and selection that never reads the
 import copy
 import dataclasses
 import json
+import shutil
 import types
 
 import numpy as np
@@ -534,6 +535,9 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
     torch.save({**ck, "device_type": "cuda"}, last)
     with pytest.raises(common.CheckpointError, match="last.pt: saved on cuda, resuming on cpu"):
         run(resume=True)
+    torch.save({k: v for k, v in ck.items() if k != "optimizer"}, last)       # an entry missing: named, not a KeyError
+    with pytest.raises(common.CheckpointError, match=r"last\.pt: incomplete, or written by other code \(KeyError"):
+        run(resume=True)
 
     def killed(*a, **k):
         raise KeyboardInterrupt
@@ -556,6 +560,10 @@ def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, 
     rows = [easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device(d), cache)["R1"]
             for d in ("cpu", "cpu", "cuda", "cpu", "cuda")]
     assert calls == ["cpu", "cuda"] and rows == [1, 1, 2, 1, 2]
+    with open(cache, "w") as f:                                       # a damaged cache is a cache: rebuilt, not a crash
+        f.write("garbage{")
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 3
+    assert calls == ["cpu", "cuda", "cpu"] and list(json.load(open(cache)).values())[0]["R1"] == 3
 
 
 def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path, monkeypatch):
@@ -574,3 +582,34 @@ def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path
     cfg = easytune.EasyTuneConfig(preset="tiny", runs=str(tmp_path), data=tiny_data)
     easytune.prerequisites(cfg, torch.device("cpu"))
     assert built == {"evaluator": True, "rewardpretrain": True, "rewardspl": True, "generator": True}
+
+
+def test_prerequisites_are_reused_only_for_the_dataset_they_were_trained_on(tiny_data, tmp_path, monkeypatch):
+    """runs/<name>/ is named after the data folder, so another folder of the same name (other statistics) must
+    not reuse its evaluator, rewards and backbone: refused, naming the way out, before any work."""
+    built = []
+
+    def fake(kind):
+        def build(cfg, *mode):
+            built.append(kind)
+            common.atomic_save({"kind": kind, "done": True, "model": {"mean": torch.tensor(data.load_stats(cfg.data)[0])}},
+                               cfg.out)
+        return build
+    monkeypatch.setattr(easytune.metrics, "train_evaluator", fake("evaluator"))
+    monkeypatch.setattr(easytune.spl, "train", fake("reward"))
+    monkeypatch.setattr(easytune.models, "train", fake("generator"))
+    a, b = tmp_path / "a" / "d", tmp_path / "b" / "d"
+    shutil.copytree(tiny_data, a)
+    shutil.copytree(tiny_data, b)
+    np.save(b / "Mean.npy", np.load(b / "Mean.npy") + 0.5)
+    cfg = easytune.EasyTuneConfig(preset="tiny", runs=str(tmp_path / "runs"), data=str(a))
+    for _ in range(2):
+        _, _, report = easytune.prerequisites(cfg, torch.device("cpu"))
+    assert len(built) == 4 and set(report.values()) == {"reused"}                 # built once, then reused
+    with pytest.raises(common.InputError, match=r"evaluator\.pt: trained on another dataset than .*b/d .*another --runs"):
+        easytune.prerequisites(dataclasses.replace(cfg, data=str(b)), torch.device("cpu"))
+    assert len(built) == 4
+    (b / "Mean.npy").unlink()                                             # a bad folder leaves no empty run folder
+    with pytest.raises(data.DataError, match="Mean.npy: normalisation statistics not found"):
+        easytune.prerequisites(dataclasses.replace(cfg, data=str(b), runs=str(tmp_path / "runs2")), torch.device("cpu"))
+    assert not (tmp_path / "runs2").exists()

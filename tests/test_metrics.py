@@ -170,11 +170,20 @@ def test_evaluator_training_resumes_exactly(tiny_data, tmp_path, monkeypatch, cr
     monkeypatch.setattr(metrics, "margin_loss", crash_on(real, 13))
     with pytest.raises(KeyboardInterrupt):
         metrics.train_evaluator(cfg)
-    assert common.load_checkpoint(cfg.out + ".part", "evaluator-state")["step"] == 10
+    part = common.load_checkpoint(cfg.out + ".part", "evaluator-state")
+    assert part["step"] == 10
     monkeypatch.setattr(metrics, "margin_loss", real)
+    torch.save({k: v for k, v in part.items() if k != "sched"}, cfg.out + ".part")     # an entry missing: named
+    with pytest.raises(common.CheckpointError, match=r"ev\.pt\.part: incomplete, or written by other code \(KeyError"):
+        metrics.train_evaluator(dataclasses.replace(cfg, resume=True))
+    torch.save(part, cfg.out + ".part")
     metrics.train_evaluator(dataclasses.replace(cfg, resume=True))
     got, whole = (common.load_checkpoint(p, "evaluator")["model"] for p in (cfg.out, str(tmp_path / "whole.pt")))
     assert all(torch.equal(got[k], whole[k]) for k in whole) and not os.path.exists(cfg.out + ".part")
+    ck = common.load_checkpoint(cfg.out)
+    torch.save({k: v for k, v in ck.items() if k != "words"}, tmp_path / "no_words.pt")
+    with pytest.raises(common.CheckpointError, match=r"no_words\.pt: incomplete, or written by other code \(KeyError"):
+        metrics.load_evaluator(str(tmp_path / "no_words.pt"))
 
 
 @pytest.mark.filterwarnings("ignore:R-Precision over")                     # tiny sets: one small group

@@ -228,7 +228,7 @@ def test_mdm_tiny_trains(tiny_data, tmp_path):
     assert x.shape == (1, 44, 263) and torch.isfinite(x).all()
 
 
-def test_checkpoint_round_trip_and_clear_errors(tiny_mld, tmp_path):
+def test_checkpoint_round_trip_and_clear_errors(tiny_mld, tiny_data, tmp_path):
     a = models.load_generator(tiny_mld)
     b = models.load_generator(tiny_mld)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
@@ -248,6 +248,21 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_mld, tmp_path):
         models.load_generator(str(tmp_path / "cut.pt"))
     with pytest.raises(common.CheckpointError, match="not found"):
         models.load_generator(str(tmp_path / "missing.pt"))
+    ck = torch.load(tiny_mld, weights_only=True)
+    del ck["vocab"]                                                       # an entry missing
+    torch.save(ck, bad)
+    with pytest.raises(common.CheckpointError, match=r"bad\.pt: incomplete, or written by other code \(KeyError"):
+        models.load_generator(bad)
+    ck = torch.load(tiny_mld, weights_only=True)
+    ck["model"]["null_text"].fill_(float("nan"))                         # a diverged run's weights
+    torch.save(ck, bad)
+    with pytest.raises(common.CheckpointError, match=r"bad\.pt: 1 tensors hold NaN or inf \(e\.g\. null_text\)"):
+        models.load_generator(bad)
+    ck = torch.load(tiny_mld, weights_only=True)
+    torch.save({**ck, "train_config": None}, bad)                         # a fine-tuned generator: nothing to resume
+    tc = models.TrainConfig(data=tiny_data, out=bad, preset="tiny", resume=True)
+    with pytest.raises(common.CheckpointError, match=r"bad\.pt: a fine-tuned generator .*nothing to resume"):
+        models.train(tc)
 
 
 def test_resume_continues_the_step_count_the_lr_schedule_and_the_batches(tiny_data, tmp_path, monkeypatch, capsys,
@@ -285,3 +300,10 @@ def test_cli_bad_input_exits_2(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "models.py"), "train", "--backbone", "gpt",
                         "--data", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "--backbone 'gpt'" in r.stderr
+
+
+def test_sample_checks_both_outputs_before_any_work(tiny_mld, tmp_path):
+    (tmp_path / "q_joints.npy").mkdir()                                   # the joints' path is taken by a folder
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "models.py"), "sample", "--ckpt", tiny_mld, "--text",
+                        "a person walks", "--steps", "2", "--out", str(tmp_path / "q.npy")], capture_output=True, text=True)
+    assert r.returncode == 2 and "q_joints.npy: is a folder" in r.stderr and not (tmp_path / "q.npy").exists()

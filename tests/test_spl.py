@@ -3,6 +3,7 @@ noise-aware reward's inputs, the contrastive form, and a tiny pretrain + SPL run
 import dataclasses
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -96,6 +97,16 @@ def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
     with pytest.raises(common.CheckpointError, match="missing.pt: checkpoint not found"):
         spl.train(spl.RewardConfig(data=tiny_data, init=str(tmp_path / "missing.pt"), out=str(tmp_path / "x.pt"),
                                    **spl.PRESETS["tiny"]), "spl")
+    other = tmp_path / "other"                                            # the same clips, other statistics
+    shutil.copytree(tiny_data, other)
+    np.save(other / "Mean.npy", np.load(other / "Mean.npy") + 0.5)
+    with pytest.raises(common.InputError, match=r"--init .*pre\.pt: trained on another dataset than .*other"):
+        spl.train(dataclasses.replace(cfg, data=str(other), out=str(tmp_path / "y.pt")), "spl")
+    assert not os.path.exists(tmp_path / "y.pt")
+    ck = common.load_checkpoint(pre.out)
+    torch.save({**ck, "config": {**ck["config"], "width": 64}}, tmp_path / "foreign.pt")   # a config of other code
+    with pytest.raises(common.CheckpointError, match=r"foreign\.pt: incomplete, or written by other code \(TypeError"):
+        spl.load_reward(str(tmp_path / "foreign.pt"))
 
 
 @pytest.mark.parametrize("mode", ["pretrain", "spl"])
