@@ -632,6 +632,9 @@ def main():
     for flag in ("json", "png"):
         if getattr(a, flag, None):
             common.output_path(getattr(a, flag), f"--{flag}", (f".{flag}",))
+    if getattr(a, "png", None):
+        from viz import _plt
+        _plt()                                               # matplotlib missing: said before the work, not after
     if a.cmd == "train-evaluator":
         cfg = common.config_from_args(EvaluatorConfig, a)
         if cfg.preset not in EVALUATOR_PRESETS:

@@ -344,3 +344,16 @@ def test_metrics_cli_refuses_empty_counts_before_any_work(tmp_path):
         r = subprocess.run([sys.executable, os.path.join(here, script), *args], capture_output=True, text=True,
                            cwd=tmp_path)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_missing_matplotlib_is_said_before_the_work_not_after(tmp_path):
+    """`grad-norm --png` without matplotlib: one line and exit 2 before the generator is even read."""
+    try:
+        import matplotlib  # noqa: F401
+        pytest.skip("matplotlib is installed here")
+    except ImportError:
+        pass
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(here, "metrics.py"), "grad-norm", "--generator", "missing.pt",
+                        "--png", "x.png"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "pictures need matplotlib" in r.stderr and "missing.pt" not in r.stderr
