@@ -308,6 +308,8 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
     ckpt_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
     start, end, updates, elapsed, history, best, bad_checks = 0, cfg.trajectories, 0, 0.0, [], None, 0
     ck = common.load_checkpoint(ckpt_path, "easytune") if cfg.resume and os.path.isfile(ckpt_path) else None
+    if cfg.resume and ck is None:
+        print(f"--resume: no {ckpt_path} to resume, so this run starts afresh")
     if ck is not None:
         check_resumable(ck, cfg, ckpt_path, device)                                      # before any work
     base = val_score(gen, reward_fn, root, cfg.sample_steps)

@@ -516,7 +516,7 @@ def test_a_reward_ensemble_is_the_mean_of_its_members(build_tiny, tiny_data, tmp
 
 
 def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_devices_do_not_mix(
-        build_tiny, tiny_data, tmp_path, monkeypatch):
+        build_tiny, tiny_data, tmp_path, monkeypatch, capsys):
     """--resume of a run that stopped early trains nothing more; a run started afresh never leaves the previous
     run's last.pt to be resumed into it; a CPU run does not continue a CUDA run's noise draws."""
     val_gets_worse(monkeypatch)
@@ -545,6 +545,10 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
     with pytest.raises(KeyboardInterrupt):
         run()                                                       # afresh, killed before its first check
     assert not last.exists()
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        run(resume=True)                                            # nothing to resume: said, then afresh
+    assert "--resume: no " in capsys.readouterr().out
 
 
 def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, monkeypatch):
