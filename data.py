@@ -626,13 +626,13 @@ def check(root: str) -> dict:
     return summary
 
 
-def check_same_dataset(root: str, path: str, own_mean: torch.Tensor):
+def check_same_dataset(root: str, path: str, own_mean: torch.Tensor, hint: str = ""):
     """A generator, reward or evaluator carries its training folder's Mean; another folder's Mean means
     another dataset, whose features and captions the model would read wrongly without a word."""
     mean = load_stats(root)[0]
     own = own_mean.detach().cpu().numpy()
     if own.shape != mean.shape or not np.allclose(own, mean, rtol=1e-5, atol=1e-6):
-        raise common.InputError(f"{path}: trained on another dataset than {root} (its Mean.npy differs)")
+        raise common.InputError(f"{path}: trained on another dataset than {root} (its Mean.npy differs){hint}")
 
 
 # -----------------------------------------------------------------------------

@@ -447,11 +447,8 @@ def prerequisites(cfg: EasyTuneConfig, device):
                 return False
             ck = common.load_checkpoint(p, kind)
             with common.entries(p):
-                try:
-                    data.check_same_dataset(root, p, ck["model"]["mean"])
-                except common.InputError as e:
-                    raise common.InputError(f"{e}; {run} is named after the data folder: another --runs keeps "
-                                            "the two apart") from None
+                data.check_same_dataset(root, p, ck["model"]["mean"], hint=f"; {run} is named after the data "
+                                        "folder: another --runs keeps the two apart")
                 return bool(ck.get("done", True))           # a generator's pretraining may be unfinished
         return done
 

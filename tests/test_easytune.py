@@ -613,7 +613,8 @@ def test_prerequisites_are_reused_only_for_the_dataset_they_were_trained_on(tiny
     with pytest.raises(common.InputError, match=r"evaluator\.pt: trained on another dataset than .*b/d .*another --runs"):
         easytune.prerequisites(dataclasses.replace(cfg, data=str(b)), torch.device("cpu"))
     assert len(built) == 4
-    (b / "Mean.npy").unlink()                                             # a bad folder leaves no empty run folder
-    with pytest.raises(data.DataError, match="Mean.npy: normalisation statistics not found"):
-        easytune.prerequisites(dataclasses.replace(cfg, data=str(b), runs=str(tmp_path / "runs2")), torch.device("cpu"))
+    (b / "Mean.npy").unlink()                                   # a bad folder: its own error, no hint, no empty folder
+    for runs in (cfg.runs, str(tmp_path / "runs2")):
+        with pytest.raises(data.DataError, match="Mean.npy: normalisation statistics not found$"):
+            easytune.prerequisites(dataclasses.replace(cfg, data=str(b), runs=runs), torch.device("cpu"))
     assert not (tmp_path / "runs2").exists()
