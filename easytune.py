@@ -384,6 +384,11 @@ def check_resumable(ck: dict, cfg: EasyTuneConfig, path, device):
     within the device's kind)."""
     if "data_rng" not in ck or "device_type" not in ck:
         raise common.CheckpointError(f"{path}: written by an older easytune.py (no data order or device saved); drop --resume")
+    needed = ["model", "optimizer", "trajectory", "updates", "elapsed", "history", "best", "bad_checks", "rng",
+              "torch_rng"] + (["theta_prime"] if cfg.method == "chain" else [])
+    missing = [k for k in needed if k not in ck]
+    if missing:                                                    # said now, not after the base's val pass
+        raise common.CheckpointError(f"{path}: incomplete, no {', '.join(missing)}; drop --resume to start over")
     with common.entries(path):
         common.check_resumable(ck["config"], ck["device_type"], cfg, path, device, may_change=RESUMABLE)
 
@@ -420,6 +425,8 @@ def prerequisites(cfg: EasyTuneConfig, device):
     name = os.path.basename(os.path.abspath(cfg.data)) if cfg.data else "synth-tiny" if tiny else "synth"
     if cfg.data and not os.path.isdir(cfg.data):
         raise common.InputError(f"--data {cfg.data}: folder not found")
+    if os.path.exists(cfg.runs) and not os.path.isdir(cfg.runs):
+        raise common.InputError(f"--runs {cfg.runs}: a file, not a folder")
     run = os.path.join(cfg.runs, name)                # made by the first artefact saved in it
     root = cfg.data or os.path.join(run, "data")
     report = {}
@@ -439,16 +446,25 @@ def prerequisites(cfg: EasyTuneConfig, device):
                                     synth.write_dataset(root, 80 if tiny else 1600, seed=0)),
              done=lambda p: os.path.isfile(os.path.join(p, "all.txt")))
 
+    words = {}                                            # root's vocabularies, read once if something is reused
+
     def checkpoint(kind):
-        """Reused if it is a finished checkpoint of that kind (a truncated file is an error now) trained on root:
-        the run folder is named after the data folder, so another folder of the same name must not reuse it."""
+        """Reused if it is a finished checkpoint of that kind (a truncated file is an error now) trained on root,
+        by its statistics and its captions' vocabulary: the run folder is named after the data folder, so another
+        folder of the same name must not reuse it."""
         def done(p):
             if not os.path.isfile(p):
                 return False
             ck = common.load_checkpoint(p, kind)
+            hint = f"; {run} is named after the data folder: another --runs keeps the two apart"
+            key = "words" if kind == "evaluator" else "vocab"        # the evaluator's lemmas, the others' words
             with common.entries(p):
-                data.check_same_dataset(root, p, ck["model"]["mean"], hint=f"; {run} is named after the data "
-                                        "folder: another --runs keeps the two apart")
+                data.check_same_dataset(root, p, ck["model"]["mean"], hint)
+                if key not in words:
+                    words[key] = metrics.word_vocab(root) if key == "words" else data.build_vocab(root).itos
+                if list(ck[key]) != words[key]:
+                    raise common.InputError(f"{p}: trained on another dataset than {root} (its captions' "
+                                            f"vocabulary differs){hint}")
                 return bool(ck.get("done", True))           # a generator's pretraining may be unfinished
         return done
 
@@ -510,8 +526,10 @@ def evaluate_cached(gen_path, ev, root, cfg, device, cache):
             with open(cache) as f:
                 store = json.load(f)
         except ValueError:
-            print(f"warning: {cache}: not JSON, so not used (it is rewritten with this run's rows)")
-        store = store if isinstance(store, dict) else {}
+            store = None
+        if not isinstance(store, dict):
+            print(f"warning: {cache}: not this cache's JSON, so not used (it is rewritten with this run's rows)")
+            store = {}
     if key not in store:
         gen = set_guidance(models.load_generator(gen_path, device), cfg.guidance)
         t = time.time()
@@ -560,6 +578,9 @@ def run(cfg: EasyTuneConfig):
     reward = load_reward_model(cfg.reward_model or os.path.join(run_dir, "reward.pt"),
                                os.path.join(run_dir, "evaluator.pt"), device)
     is_ev = isinstance(reward, metrics.Evaluator)
+    if cfg.reward_model:                                  # the default reward was checked with the prerequisites
+        one = reward.members[0] if isinstance(reward, spl.RewardEnsemble) else reward   # members share a dataset
+        data.check_same_dataset(root, f"--reward-model {cfg.reward_model}", one.mean)
     if (reward.words != metrics.word_vocab(root)) if is_ev else (gen.vocab.itos != reward.vocab.itos):
         raise common.InputError(f"{gen_path} and the reward were trained on different datasets")
     if is_ev and cfg.reward_input != "x0":                                                  # before any work

@@ -228,9 +228,10 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
 
 def load_evaluator(path: str, device="cpu") -> Evaluator:
     ck = common.load_checkpoint(path, "evaluator")
-    with common.entries(path):
-        model = Evaluator(EvaluatorConfig(**ck["config"]), ck["words"], ck["dims"])
-        common.load_state(model, ck["model"], path)
+    with common.entries(path):                            # only the reading: a bug in the model is not the file's
+        cfg, words, dims, state = EvaluatorConfig(**ck["config"]), list(ck["words"]), int(ck["dims"]), ck["model"]
+    model = Evaluator(cfg, words, dims)
+    common.load_state(model, state, path)
     return model.to(device).eval()
 
 

@@ -540,10 +540,12 @@ def build_model(cfg: ModelConfig, vocab: data.Vocab, dims: int = 263) -> Backbon
 def load_generator(path: str, device="cpu") -> Backbone:
     """A pretrained (or fine-tuned) MLD / MDM from its checkpoint, in eval mode."""
     ck = common.load_checkpoint(path, "generator")
-    with common.entries(path):
-        model = build_model(ModelConfig(**ck["model_config"]), data.Vocab(ck["vocab"]), int(ck["dims"]))
-        model.mean, model.std = ck["model"]["mean"], ck["model"]["std"]  # size the statistics buffers first
-        common.load_state(model, ck["model"], path)
+    with common.entries(path):                            # only the reading: a bug in the model is not the file's
+        cfg, vocab, dims, state = ModelConfig(**ck["model_config"]), data.Vocab(ck["vocab"]), int(ck["dims"]), ck["model"]
+        mean, std = state["mean"], state["std"]
+    model = build_model(cfg, vocab, dims)
+    model.mean, model.std = mean, std                                     # size the statistics buffers first
+    common.load_state(model, state, path)
     return model.to(device).eval()
 
 

@@ -322,9 +322,10 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
 
 def load_reward(path: str, device="cpu") -> Reward:
     ck = common.load_checkpoint(path, "reward")
-    with common.entries(path):
-        model = Reward(RewardConfig(**ck["config"]), data.Vocab(ck["vocab"]), ck["dims"])
-        common.load_state(model, ck["model"], path)
+    with common.entries(path):                            # only the reading: a bug in the model is not the file's
+        cfg, vocab, dims, state = RewardConfig(**ck["config"]), data.Vocab(ck["vocab"]), int(ck["dims"]), ck["model"]
+    model = Reward(cfg, vocab, dims)
+    common.load_state(model, state, path)
     return model.to(device).eval()
 
 

@@ -170,6 +170,9 @@ def make_clip(rng, max_frames=120, min_frames=40):
     return {"joints": joints, "lines": lines, "primitives": chosen, "airborne": lift > 0}
 
 
+WRITTEN = {"new_joint_vecs", "new_joints", "texts", "Mean.npy", "Std.npy", "train.txt", "val.txt", "test.txt", "all.txt"}
+
+
 def write_dataset(out, n_motions, seed):
     """Write n_motions clips and their mirrors (M-prefixed) in HumanML3D's layout, with an
     80 / 5 / 15 train / val / test split by clip (a clip and its mirror share a split). The folder is
@@ -177,14 +180,12 @@ def write_dataset(out, n_motions, seed):
     if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)):
         raise common.InputError(f"--out {out}: exists and is not an empty folder; give a new one (nothing was written)")
     t0, final, out = time.time(), out, out.rstrip("/") + ".partial"
-    marker = os.path.join(out, ".written_by_synth")              # an interrupted run's folder is ours to remove
-    if os.path.exists(out) and not os.path.isfile(marker):
-        raise common.InputError(f"--out {final}: {out} exists and was not left by an interrupted synth run; move it "
-                                "(nothing was written)")
-    shutil.rmtree(out, ignore_errors=True)
+    if os.path.exists(out) and not (os.path.isdir(out) and set(os.listdir(out)) <= WRITTEN):
+        raise common.InputError(f"{out}: exists and holds what synth does not write, so it is not an interrupted "
+                                "run's to remove; move it (nothing was written)")
+    shutil.rmtree(out, ignore_errors=True)                      # an interrupted run's: ours to remove
     for sub in ("new_joint_vecs", "new_joints", "texts"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
-    open(marker, "w").close()
     seeds = np.random.SeedSequence(seed).spawn(n_motions)       # clip i depends only on (seed, i)
     train_feats, names = [], []
     order = np.random.default_rng(seed).permutation(n_motions)
@@ -213,7 +214,6 @@ def write_dataset(out, n_motions, seed):
     for split, ns in list(splits.items()) + [("all", names)]:
         with open(os.path.join(out, f"{split}.txt"), "w") as f:
             f.write("\n".join(ns) + "\n")
-    os.remove(marker)
     if os.path.isdir(final):
         os.rmdir(final)                                             # empty (checked above)
     os.replace(out, final)

@@ -361,10 +361,9 @@ def test_synth_writes_all_or_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "new").exists()
     synth.write_dataset(str(tmp_path / "new"), 4, seed=0)                 # the killed run's new.partial: replaced
     assert not (tmp_path / "new.partial").exists() and len(os.listdir(tmp_path / "new" / "texts")) == 8
-    assert ".written_by_synth" not in os.listdir(tmp_path / "new")        # its marker is not part of the dataset
     (tmp_path / "mine.partial").mkdir()                                    # a folder synth did not leave: kept
     (tmp_path / "mine.partial" / "notes.txt").write_text("keep")
-    with pytest.raises(common.InputError, match="mine.partial exists and was not left by an interrupted synth run"):
+    with pytest.raises(common.InputError, match="mine.partial: exists and holds what synth does not write"):
         synth.write_dataset(str(tmp_path / "mine"), 4, seed=0)
     assert os.listdir(tmp_path / "mine.partial") == ["notes.txt"] and not (tmp_path / "mine").exists()
 

@@ -536,7 +536,7 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
     with pytest.raises(common.CheckpointError, match="last.pt: saved on cuda, resuming on cpu"):
         run(resume=True)
     torch.save({k: v for k, v in ck.items() if k != "optimizer"}, last)       # an entry missing: named, not a KeyError
-    with pytest.raises(common.CheckpointError, match=r"last\.pt: incomplete, or written by other code \(KeyError"):
+    with pytest.raises(common.CheckpointError, match=r"last\.pt: incomplete, no optimizer; drop --resume"):
         run(resume=True)
 
     def killed(*a, **k):
@@ -568,6 +568,9 @@ def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, 
         f.write("garbage{")
     assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 3
     assert calls == ["cpu", "cuda", "cpu"] and list(json.load(open(cache)).values())[0]["R1"] == 3
+    with open(cache, "w") as f:                                       # JSON, but not this cache's: rebuilt too
+        f.write("[]")
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 4
 
 
 def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path, monkeypatch):
@@ -596,8 +599,8 @@ def test_prerequisites_are_reused_only_for_the_dataset_they_were_trained_on(tiny
     def fake(kind):
         def build(cfg, *mode):
             built.append(kind)
-            common.atomic_save({"kind": kind, "done": True, "model": {"mean": torch.tensor(data.load_stats(cfg.data)[0])}},
-                               cfg.out)
+            common.atomic_save({"kind": kind, "done": True, "model": {"mean": torch.tensor(data.load_stats(cfg.data)[0])},
+                                "vocab": data.build_vocab(cfg.data).itos, "words": metrics.word_vocab(cfg.data)}, cfg.out)
         return build
     monkeypatch.setattr(easytune.metrics, "train_evaluator", fake("evaluator"))
     monkeypatch.setattr(easytune.spl, "train", fake("reward"))
@@ -612,6 +615,15 @@ def test_prerequisites_are_reused_only_for_the_dataset_they_were_trained_on(tiny
     assert len(built) == 4 and set(report.values()) == {"reused"}                 # built once, then reused
     with pytest.raises(common.InputError, match=r"evaluator\.pt: trained on another dataset than .*b/d .*another --runs"):
         easytune.prerequisites(dataclasses.replace(cfg, data=str(b)), torch.device("cpu"))
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(common.InputError, match=r"--runs .*f: a file, not a folder"):
+        easytune.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "f")), torch.device("cpu"))
+    c = tmp_path / "c" / "d"                                          # the same statistics, other captions
+    shutil.copytree(tiny_data, c)
+    with open(c / "texts" / f"{data.read_split(str(c), 'train')[0]}.txt", "a") as f:
+        f.write("a zebra walks#a/DET zebra/NOUN walk/VERB#0.0#0.0\n")
+    with pytest.raises(common.InputError, match=r"evaluator\.pt: .*c/d \(its captions' vocabulary differs\)"):
+        easytune.prerequisites(dataclasses.replace(cfg, data=str(c)), torch.device("cpu"))
     assert len(built) == 4
     (b / "Mean.npy").unlink()                                   # a bad folder: its own error, no hint, no empty folder
     for runs in (cfg.runs, str(tmp_path / "runs2")):
