@@ -507,6 +507,15 @@ def load_reward_model(path, test_evaluator, device):
     return ev
 
 
+def check_reward_data(reward, gen, root, path):
+    """R_phi must be trained on root, as the generator is: its statistics and its captions' vocabulary."""
+    one = reward.members[0] if isinstance(reward, spl.RewardEnsemble) else reward     # members share a dataset
+    data.check_same_dataset(root, path, one.mean)
+    if isinstance(reward, metrics.Evaluator) and reward.words != metrics.word_vocab(root) or \
+            not isinstance(reward, metrics.Evaluator) and reward.vocab.itos != gen.vocab.itos:
+        raise common.InputError(f"{path}: trained on another dataset than {root} (its captions' vocabulary differs)")
+
+
 def set_guidance(gen, guidance):
     """--guidance >= 0 replaces the backbone's CFG scale for everything sampled in this run."""
     if guidance >= 0:
@@ -577,12 +586,8 @@ def run(cfg: EasyTuneConfig):
     gen = models.load_generator(gen_path, device)
     reward = load_reward_model(cfg.reward_model or os.path.join(run_dir, "reward.pt"),
                                os.path.join(run_dir, "evaluator.pt"), device)
+    check_reward_data(reward, gen, root, cfg.reward_model or os.path.join(run_dir, "reward.pt"))
     is_ev = isinstance(reward, metrics.Evaluator)
-    if cfg.reward_model:                                  # the default reward was checked with the prerequisites
-        one = reward.members[0] if isinstance(reward, spl.RewardEnsemble) else reward   # members share a dataset
-        data.check_same_dataset(root, f"--reward-model {cfg.reward_model}", one.mean)
-    if (reward.words != metrics.word_vocab(root)) if is_ev else (gen.vocab.itos != reward.vocab.itos):
-        raise common.InputError(f"{gen_path} and the reward were trained on different datasets")
     if is_ev and cfg.reward_input != "x0":                                                  # before any work
         raise common.InputError(f"--reward-model {cfg.reward_model}: an evaluator reads clean motion; add --reward-input x0")
     out_dir = os.path.join(run_dir, f"easytune_{tag}")                   # another reward: its own folder

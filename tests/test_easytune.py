@@ -513,6 +513,12 @@ def test_a_reward_ensemble_is_the_mean_of_its_members(build_tiny, tiny_data, tmp
         easytune.load_reward_model(f"{a},{other}", str(tmp_path / "test_evaluator.pt"), "cpu")
     with pytest.raises(common.InputError, match="not an ensemble"):
         easytune.RewardFn(ens, gen, tiny_data, "contrastive")
+    easytune.check_reward_data(ens, gen, tiny_data, f"{a},{b}")              # trained on tiny_data, as gen is
+    with pytest.raises(common.InputError, match=r"other\.pt: trained on another dataset than .* \(its Mean\.npy"):
+        easytune.check_reward_data(easytune.load_reward_model(other, "unused", "cpu"), gen, tiny_data, other)
+    r_a.vocab = data.Vocab(r_a.vocab.itos + ["zebra"])
+    with pytest.raises(common.InputError, match=r"a\.pt: trained on another dataset than .* vocabulary differs"):
+        easytune.check_reward_data(r_a, gen, tiny_data, a)
 
 
 def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_devices_do_not_mix(
