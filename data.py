@@ -626,13 +626,19 @@ def check(root: str) -> dict:
     return summary
 
 
-def check_same_dataset(root: str, path: str, own_mean: torch.Tensor, hint: str = ""):
-    """A generator, reward or evaluator carries its training folder's Mean; another folder's Mean means
-    another dataset, whose features and captions the model would read wrongly without a word."""
+def check_same_dataset(root: str, path: str, own_mean: torch.Tensor, own_words=None, root_words=None,
+                       hint: str = ""):
+    """A generator, reward or evaluator carries its training folder's Mean and caption vocabulary; another
+    Mean or, where given, another vocabulary (own_words against root_words, root's as the caller reads it:
+    build_vocab(root).itos, or the evaluator's lemmas) means another dataset, whose features and captions the
+    model would read wrongly without a word."""
     mean = load_stats(root)[0]
     own = own_mean.detach().cpu().numpy()
     if own.shape != mean.shape or not np.allclose(own, mean, rtol=1e-5, atol=1e-6):
         raise common.InputError(f"{path}: trained on another dataset than {root} (its Mean.npy differs){hint}")
+    if own_words is not None and list(own_words) != list(root_words):
+        raise common.InputError(f"{path}: trained on another dataset than {root} (its captions' vocabulary "
+                                f"differs){hint}")
 
 
 # -----------------------------------------------------------------------------

@@ -458,13 +458,10 @@ def prerequisites(cfg: EasyTuneConfig, device):
             ck = common.load_checkpoint(p, kind)
             hint = f"; {run} is named after the data folder: another --runs keeps the two apart"
             key = "words" if kind == "evaluator" else "vocab"        # the evaluator's lemmas, the others' words
+            if key not in words:
+                words[key] = metrics.word_vocab(root) if key == "words" else data.build_vocab(root).itos
             with common.entries(p):
-                data.check_same_dataset(root, p, ck["model"]["mean"], hint)
-                if key not in words:
-                    words[key] = metrics.word_vocab(root) if key == "words" else data.build_vocab(root).itos
-                if list(ck[key]) != words[key]:
-                    raise common.InputError(f"{p}: trained on another dataset than {root} (its captions' "
-                                            f"vocabulary differs){hint}")
+                data.check_same_dataset(root, p, ck["model"]["mean"], ck[key], words[key], hint)
                 return bool(ck.get("done", True))           # a generator's pretraining may be unfinished
         return done
 
@@ -510,10 +507,10 @@ def load_reward_model(path, test_evaluator, device):
 def check_reward_data(reward, gen, root, path):
     """R_phi must be trained on root, as the generator is: its statistics and its captions' vocabulary."""
     one = reward.members[0] if isinstance(reward, spl.RewardEnsemble) else reward     # members share a dataset
-    data.check_same_dataset(root, path, one.mean)
-    if isinstance(reward, metrics.Evaluator) and reward.words != metrics.word_vocab(root) or \
-            not isinstance(reward, metrics.Evaluator) and reward.vocab.itos != gen.vocab.itos:
-        raise common.InputError(f"{path}: trained on another dataset than {root} (its captions' vocabulary differs)")
+    if isinstance(reward, metrics.Evaluator):
+        data.check_same_dataset(root, path, one.mean, reward.words, metrics.word_vocab(root))
+    else:                                                 # gen's vocabulary is root's (checked as a prerequisite)
+        data.check_same_dataset(root, path, one.mean, reward.vocab.itos, gen.vocab.itos)
 
 
 def set_guidance(gen, guidance):

@@ -602,8 +602,10 @@ def loaded(a, device):
     import models
     paths = a.generator if isinstance(a.generator, list) else [a.generator]
     gens, ev = [models.load_generator(g, device) for g in paths], load_evaluator(a.evaluator, device)
-    for path, model in zip(paths + [a.evaluator], gens + [ev]):
-        data.check_same_dataset(a.data, path, model.mean)
+    words = data.build_vocab(a.data).itos
+    for path, gen in zip(paths, gens):
+        data.check_same_dataset(a.data, path, gen.mean, gen.vocab.itos, words)
+    data.check_same_dataset(a.data, a.evaluator, ev.mean, ev.words, word_vocab(a.data))
     return gens, ev
 
 
@@ -663,7 +665,7 @@ def main():
         if a.reward:
             import spl
             reward = spl.load_reward(a.reward, device)
-            data.check_same_dataset(a.data, a.reward, reward.mean)
+            data.check_same_dataset(a.data, a.reward, reward.mean, reward.vocab.itos, data.build_vocab(a.data).itos)
             second = reward.retrieval_embeddings
         res = compare(*gens, ev, a.data, a.replications, a.seed, device, a.split, second=second)
         print(f"{a.split} split, {res['items']} items from {res['sources']} source motions, "

@@ -248,9 +248,8 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
     device = common.pick_device(cfg.device)
     if mode == "spl":
         model = load_reward(cfg.init, device).train()
-        if model.vocab.itos != data.build_vocab(cfg.data).itos:
-            raise common.InputError(f"--init {cfg.init}: trained on another dataset's vocabulary than {cfg.data}")
-        data.check_same_dataset(cfg.data, f"--init {cfg.init}", model.mean)        # and its normalisation
+        data.check_same_dataset(cfg.data, f"--init {cfg.init}", model.mean, model.vocab.itos,
+                                data.build_vocab(cfg.data).itos)
         train_set = data.MotionTextDataset(cfg.data, "train", seed=cfg.seed)
         arch = ("d_model", "heads", "layers", "text_layers", "embed_dim", "patch", "tau")   # the init's, kept
         model.cfg = dataclasses.replace(cfg, **{k: getattr(model.cfg, k) for k in arch})  # saved: what this run did
@@ -474,8 +473,9 @@ def main(argv=None):
         gen = models.load_generator(a.generator, device) if a.generator else None
         samples = {path: models.load_generator(path, device) for path in a.samples}
         rewards = {path: load_reward(path, device) for path in a.reward}
+        words = data.build_vocab(a.data).itos                              # bench reads the folder's motions and captions
         for path, model in {**rewards, **samples, **({a.generator: gen} if gen else {})}.items():
-            data.check_same_dataset(a.data, path, model.mean)                  # bench reads the folder's normalisation
+            data.check_same_dataset(a.data, path, model.mean, model.vocab.itos, words)
         results = {}
         for path, reward in rewards.items():
             res = bench(reward, a.data, gen, samples=samples)
