@@ -266,7 +266,7 @@ def compare(ccfg: CompareConfig):
     path = os.path.join(out, f"results_{'traj' if ccfg.trajectories else 'time'}.json")
     part = path + ".part"                                   # the base and the methods done so far, for --resume
     state = {"config": dataclasses.asdict(ccfg), "device_type": device.type, "results": {}, "curves": {}}
-    if ccfg.resume and os.path.isfile(part):
+    if common.to_resume(part, ccfg.resume):
         try:
             with open(part) as f:
                 saved = json.load(f)

@@ -242,6 +242,14 @@ def set_rng_state(state: dict, device: torch.device):
     np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
 
 
+def to_resume(path: str, resume: bool) -> bool:
+    """Whether a run asked to --resume has something to resume at path; if not, it says so and starts afresh
+    (the one command builds every prerequisite with resume on, so a missing state is not an error)."""
+    if resume and not os.path.isfile(path):
+        print(f"--resume: no {path} to resume, so this run starts afresh")
+    return resume and os.path.isfile(path)
+
+
 def save_progress(path: str, kind: str, cfg, device: torch.device, step: int, elapsed: float, model, opt, dataset,
                   **extra):
     """An unfinished training run's state, everything a resume must restore: the weights, the optimizer,

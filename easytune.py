@@ -307,9 +307,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
     meter = metrics.SavedTensorMeter(gen, reward)
     ckpt_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
     start, end, updates, elapsed, history, best, bad_checks = 0, cfg.trajectories, 0, 0.0, [], None, 0
-    ck = common.load_checkpoint(ckpt_path, "easytune") if cfg.resume and os.path.isfile(ckpt_path) else None
-    if cfg.resume and ck is None:
-        print(f"--resume: no {ckpt_path} to resume, so this run starts afresh")
+    ck = common.load_checkpoint(ckpt_path, "easytune") if common.to_resume(ckpt_path, cfg.resume) else None
     if ck is not None:
         check_resumable(ck, cfg, ckpt_path, device)                                      # before any work
     base = val_score(gen, reward_fn, root, cfg.sample_steps)
@@ -466,11 +464,11 @@ def prerequisites(cfg: EasyTuneConfig, device):
         return done
 
     preset = "tiny" if tiny else "default"
-    ev_cfg = metrics.EvaluatorConfig(data=root, out=os.path.join(run, "evaluator.pt"), device=cfg.device, resume=True,
-                                     **metrics.EVALUATOR_PRESETS[preset])        # resume: an interrupted build goes on
+    ev_cfg = metrics.EvaluatorConfig(data=root, out=os.path.join(run, "evaluator.pt"), preset=preset, device=cfg.device,
+                                     resume=True, **metrics.EVALUATOR_PRESETS[preset])   # resume: a stopped build goes on
     step("evaluator", ev_cfg.out, lambda: metrics.train_evaluator(ev_cfg), checkpoint("evaluator"))
     r_cfg = dataclasses.replace(spl.RewardConfig(), data=root, out=os.path.join(run, "reward_pretrained.pt"),
-                                device=cfg.device, resume=True, **spl.PRESETS[preset])
+                                preset=preset, device=cfg.device, resume=True, **spl.PRESETS[preset])
     step("reward (pretraining)", r_cfg.out, lambda: spl.train(r_cfg, "pretrain"), checkpoint("reward"))
     s_cfg = dataclasses.replace(r_cfg, init=r_cfg.out, out=os.path.join(run, "reward.pt"),
                                 **({} if tiny else spl.SPL_DEFAULTS))

@@ -193,7 +193,7 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
     common.print_config(cfg, "evaluator")
     part = cfg.out + ".part"                                  # an unfinished run's state, for --resume
     start, elapsed, data_rng = 0, 0.0, None
-    if cfg.resume and os.path.isfile(part):            # numpy's generator too: margin_loss draws from it
+    if common.to_resume(part, cfg.resume):             # numpy's generator too: margin_loss draws from it
         ck = common.load_progress(part, "evaluator-state", cfg, device, model, opt)
         with common.entries(part):
             sched.load_state_dict(ck["sched"])

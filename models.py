@@ -592,7 +592,7 @@ def train(tc: TrainConfig) -> Backbone:
     if mc.backbone == "mld" and tc.vae_steps == 0 and not tc.resume:
         print("warning: --vae-steps 0: the denoiser learns the latents of an untrained VAE (a timing run, not a model)")
     start_stage, start_step, opt_state, log, data_rng = 0, 0, None, [], None
-    if tc.resume and os.path.isfile(tc.out):
+    if common.to_resume(tc.out, tc.resume):
         ck = common.load_checkpoint(tc.out, "generator")
         if ck.get("train_config") is None:
             raise common.CheckpointError(f"{tc.out}: a fine-tuned generator (no pretraining state): nothing to "

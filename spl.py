@@ -263,7 +263,7 @@ def train(cfg: RewardConfig, mode: str) -> Reward:
     common.print_config(model.cfg, f"reward {mode}")
     part = cfg.out + ".part"                                  # an unfinished run's state, for --resume
     start, elapsed, log, epoch_stats, data_rng = 0, 0.0, [], defaultdict(float), None
-    if cfg.resume and os.path.isfile(part):
+    if common.to_resume(part, cfg.resume):
         ck = common.load_progress(part, "reward-state", cfg, device, model, opt)
         with common.entries(part):
             start, elapsed, log, data_rng = ck["step"], ck["elapsed"], ck["log"], ck["data_rng"]

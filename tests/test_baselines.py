@@ -170,7 +170,7 @@ def without_times(x):
 
 @pytest.mark.filterwarnings("ignore:R-Precision over")                     # the tiny test split: one small group
 def test_an_interrupted_comparison_resumes_with_the_base_and_the_methods_it_finished(tiny_data, tmp_path,
-                                                                                     monkeypatch, crash_on):
+                                                                                     monkeypatch, capsys, crash_on):
     """Stopped in its second method, then --resume: the base's evaluation and the first method are kept, not
     run again, and the table, curves and log equal those of a comparison never stopped (an equal number of
     trajectories, so each method's run is deterministic); results_traj.json.part is gone at the end."""
@@ -181,7 +181,8 @@ def test_an_interrupted_comparison_resumes_with_the_base_and_the_methods_it_fini
     ccfg = baselines.CompareConfig(preset="tiny", runs=str(tmp_path), data=tiny_data, methods="easytune-step,refl-10",
                                    trajectories=1, val_checks=1, val_items=4, replications=1)
     out = tmp_path / os.path.basename(tiny_data) / "compare" / "mld"
-    whole = baselines.compare(ccfg)
+    whole = baselines.compare(dataclasses.replace(ccfg, resume=True))      # nothing to resume yet: said, then afresh
+    assert "--resume: no " + str(out / "results_traj.json.part") + " to resume" in capsys.readouterr().out
     whole_log = [json.loads(l) for l in open(out / "log.jsonl")]
     tune, evaluate, calls = baselines.tune, baselines.metrics.evaluate, []
     monkeypatch.setattr(baselines, "tune", crash_on(tune, 2))                 # stopped in the second method

@@ -581,12 +581,13 @@ def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, 
 
 def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path, monkeypatch):
     """The one command builds each missing prerequisite with resume on, so a first run stopped in the middle of
-    the evaluator, the reward (pretraining or SPL) or the backbone goes on from that build's saved state."""
+    the evaluator, the reward (pretraining or SPL) or the backbone goes on from that build's saved state; each
+    build's config names the preset its values come from (it is saved with the checkpoint)."""
     built = {}
 
     def fake(kind, done=None):
         def build(cfg, *mode):
-            built[kind + "".join(mode)] = cfg.resume
+            built[kind + "".join(mode)] = cfg.resume, cfg.preset
             common.atomic_save({"kind": kind, **({"done": True} if done else {})}, cfg.out)
         return build
     monkeypatch.setattr(easytune.metrics, "train_evaluator", fake("evaluator"))
@@ -594,7 +595,7 @@ def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path
     monkeypatch.setattr(easytune.models, "train", fake("generator", done=True))
     cfg = easytune.EasyTuneConfig(preset="tiny", runs=str(tmp_path), data=tiny_data)
     easytune.prerequisites(cfg, torch.device("cpu"))
-    assert built == {"evaluator": True, "rewardpretrain": True, "rewardspl": True, "generator": True}
+    assert built == dict.fromkeys(["evaluator", "rewardpretrain", "rewardspl", "generator"], (True, "tiny"))
 
 
 def test_prerequisites_are_reused_only_for_the_dataset_they_were_trained_on(tiny_data, tmp_path, monkeypatch):

@@ -161,7 +161,7 @@ def tiny_evaluator(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.filterwarnings("ignore:R-Precision over")                     # the val Real row of a tiny split
-def test_evaluator_training_resumes_exactly(tiny_data, tmp_path, monkeypatch, crash_on):
+def test_evaluator_training_resumes_exactly(tiny_data, tmp_path, monkeypatch, capsys, crash_on):
     """Stopped at step 12 (state saved at 10, mid-epoch), then --resume: the same weights as a run never stopped
     (the batches, crops, the margin loss's numpy draws, the cosine schedule and AdamW's moments continue)."""
     cfg = metrics.EvaluatorConfig(data=tiny_data, out=str(tmp_path / "ev.pt"),
@@ -170,7 +170,8 @@ def test_evaluator_training_resumes_exactly(tiny_data, tmp_path, monkeypatch, cr
     real = metrics.margin_loss
     monkeypatch.setattr(metrics, "margin_loss", crash_on(real, 13))
     with pytest.raises(KeyboardInterrupt):
-        metrics.train_evaluator(cfg)
+        metrics.train_evaluator(dataclasses.replace(cfg, resume=True))    # nothing to resume yet: said, then afresh
+    assert f"--resume: no {cfg.out}.part to resume" in capsys.readouterr().out
     part = common.load_checkpoint(cfg.out + ".part", "evaluator-state")
     assert part["step"] == 10
     monkeypatch.setattr(metrics, "margin_loss", real)

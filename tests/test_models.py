@@ -273,7 +273,8 @@ def test_resume_continues_the_step_count_the_lr_schedule_and_the_batches(tiny_da
     real = models.validation_loss
     monkeypatch.setattr(models, "validation_loss", crash_on(real, 3))    # dies at step 30, after the step-20 save
     with pytest.raises(KeyboardInterrupt):
-        models.train(tc)
+        models.train(dataclasses.replace(tc, resume=True))                 # nothing to resume yet: said, then afresh
+    assert f"--resume: no {out} to resume" in capsys.readouterr().out
     assert common.load_checkpoint(out)["step"] == 20
     monkeypatch.setattr(models, "validation_loss", crash_on(real, 2))          # resumed: saves at 30, dies at 40
     with pytest.raises(KeyboardInterrupt):

@@ -110,7 +110,7 @@ def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["pretrain", "spl"])
-def test_resume_continues_a_stopped_reward_run_exactly(tiny_data, tmp_path, monkeypatch, crash_on, mode):
+def test_resume_continues_a_stopped_reward_run_exactly(tiny_data, tmp_path, monkeypatch, capsys, crash_on, mode):
     """Stopped at step 13 (state saved at 10, mid-epoch), then --resume: the same weights and epoch log as a run
     never stopped (the batches, crops, noise draws and optimizer moments continue); <out>.part is removed when
     the run finishes; a resume with another setting is refused, naming it."""
@@ -124,7 +124,8 @@ def test_resume_continues_a_stopped_reward_run_exactly(tiny_data, tmp_path, monk
     real = spl.mine_pairs
     monkeypatch.setattr(spl, "mine_pairs", crash_on(real, 14))
     with pytest.raises(KeyboardInterrupt):
-        spl.train(cfg, mode)
+        spl.train(dataclasses.replace(cfg, resume=True), mode)           # nothing to resume yet: said, then afresh
+    assert f"--resume: no {cfg.out}.part to resume" in capsys.readouterr().out
     assert common.load_checkpoint(cfg.out + ".part", "reward-state")["step"] == 10 and not os.path.exists(cfg.out)
     monkeypatch.setattr(spl, "mine_pairs", real)
     with pytest.raises(common.CheckpointError, match=r"r.pt.part: --resume with settings .*lr: saved 0.002, asked 0.001"):
