@@ -25,6 +25,12 @@ NOTE (choices and deviations):
   - AlignProp follows the paper's intent (a contiguous final block of K steps, K drawn once per
     trajectory, each grad-carrying denoiser call under a non-reentrant checkpoint) -- not the per-step
     redraw of the 2023 code (a bug its author acknowledged) nor EasyTune's 25% Bernoulli mask.
+    (Table S1's "P = 25, length of truncated backpropagation" is that mask in the released code; here
+    K ~ U{1..50} has mean 25.5.)
+  - DRTune follows DRTune's paper: K steps spread over the whole chain (its point: early steps get
+    credit), the stop in the last M. Table S1's K row, as printed, can be read as DRTune's range being
+    [40,50] (the last 10 steps) like DRaFT-10's; baselines.md section 6 argues for [0,50] with M in
+    [40,50], the reading taken here.
   - DRTune draws a genuine random phase over one stride (the printed offset formula is degenerate
     when K divides T); trained steps after the stop step are not executed, so some trajectories have
     fewer than K. On a chain no longer than M (T <= M, e.g. --preset tiny's 10 steps) the stop can come
@@ -234,6 +240,8 @@ def easytune_config(ccfg: CompareConfig) -> "easytune.EasyTuneConfig":
     """The easytune.py settings every method of the comparison shares: what the reward reads, the optimiser."""
     # NOTE: on MLD every method scores a clean prediction here (DRaFT/AlignProp/DRTune the final x_0, ReFL
     # and EasyTune the one-step x0_hat, the released code's choice), not easytune.py's noise-aware default.
+    # (The paper's Table 1 EasyTune row on MLD, FID 0.132 / MM-Dist 2.637, is Table S11's Noise-Aware one,
+    # though Sec. 5.1 pairs Table 1 with the one-step reward.) Table S1 gives every method lr 1e-5.
     # No method has the KL term (the baselines have none), so MLD runs at EasyTune's rate without it, 3e-6
     # (easytune.py's MLD default, 1e-5, pairs with KL 100); MDM at its default, 1e-6.
     fixed = {"kl_weight": 0.0, "reward_input": "x0" if ccfg.backbone == "mld" else "noisy"}

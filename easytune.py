@@ -87,7 +87,7 @@ class EasyTuneConfig:
     lora_rank: int = 0               # 0: full fine-tuning of the denoiser
     lr: float = 1e-5                 # the paper's; MDM's default is 1e-6 (BACKBONE_DEFAULTS)
     clip: float = 1.0
-    batch_size: int = 32
+    batch_size: int = 32             # NOTE (deviation): Table S1's is 256; 32 keeps a trajectory near 10 s on 2 cores
     trajectories: int = 15           # budget: sampled trajectories (each gives up to T updates); ~10 s each on 2 cores
     sample_steps: int = 50           # T
     val_every: int = 5               # trajectories between val checks (and checkpoints)
@@ -181,11 +181,15 @@ def step_loss(gen, reward_fn, x_t, t, cond, captions, cfg, ref=None, noise=None)
     x_prev, x0_hat = gen.denoise_step(x_t.detach(), t, cond, guidance, noise=noise)        # Eq. 7
     r = step_reward(gen, reward_fn, x_prev, x0_hat, int(t) - gen.scheduler.step_ratio, cond, captions,
                     cfg.reward_input)
-    loss = -r.mean()
+    loss = -r.mean()               # NOTE (deviation): Table S1's reward weight is 0.1; the released code's is 1 (so
+    #                                here): under AdamW the scale matters only through the clip and the KL term's balance
     if cfg.kl_weight > 0:                                                                    # Eq. S1
         with torch.no_grad():
             x_ref, _ = ref.denoise_step(x_t.detach(), t, cond, guidance, noise=noise)
-        # NOTE (deviation): Eq. S1's KL between the two steps' Gaussians is ||mu - mu_ref||^2 / (2 sigma_t^2)
+        # NOTE (deviation): Eq. S1 as printed, -E[R + D_KL], would maximise the KL; the term is added to the
+        # loss here (minimised), which regularises, as the text around it intends. theta' in S1 is undefined
+        # there; we read it as the frozen pre-trained model.
+        # The KL between the two steps' Gaussians is ||mu - mu_ref||^2 / (2 sigma_t^2)
         # (both steps take the same noise, so x_prev - x_ref = mu - mu_ref). MLD's DDIM (eta = 0) has
         # sigma_t = 0, so both backbones use the mean squared distance, weighted by kl_weight.
         loss = loss + cfg.kl_weight * ((x_prev - x_ref) ** 2).mean()

@@ -24,9 +24,12 @@ T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that proto
               for the allocator's view on a GPU.
   Figure 3    jacobian_norms(): along a T-step trajectory, ||d pi_theta / d x_t|| per step and the
               running product of Eq. 5, both divided by sqrt(real entries) (so the identity scores 1).
+              NOTE (deviation): Figure 3's axis divides by dim(.) itself; sqrt(dim) makes a Frobenius
+              norm an RMS gain, so the magnitudes here are not the paper's plot's (the shapes compare).
 
 NOTE (deviations): word embeddings are learned here (T2M uses GloVe, a download); sizes are smaller
-and training is ~600 steps (a minute on 2 cores); the evaluator normalises with the dataset's Mean/Std (T2M's own statistics differ by a x25 bug).
+and training is ~600 steps (a minute on 2 cores); the evaluator normalises with the dataset's Mean/Std
+(T2M's own statistics differ by a x25 bug).
 
 Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evaluator.pt   # [--resume]
       python metrics.py eval --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth

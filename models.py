@@ -66,8 +66,10 @@ class DDIMScheduler:
     """DDIM (Song et al. 2021, Eq. 12) with diffusers' conventions: set_timesteps(T) makes the
     'leading' grid t = (1000 // T) * (T-1 .. 0) + steps_offset (981, 961, ..., 1 for T = 50; the integer
     ratio makes a grid of more than 500 steps start well below 999, as diffusers' does: 600 at T = 600);
-    step(...) -> (x_{t-1}, x0_hat). eta = 0 is the ODE sampler of the paper's Eq. 2; eta = 1 is
-    DDPM ancestral sampling on the respaced grid (an SDE). Timesteps may differ per sample."""
+    step(...) -> (x_{t-1}, x0_hat). eta = 0 is the deterministic (ODE) sampler MLD uses; eta = 1 is
+    DDPM ancestral sampling on the respaced grid (an SDE), whose mean is the paper's Eq. 2 (there
+    written with eps_theta; an x0-predicting MDM gives the same mean through x0_hat). Timesteps may
+    differ per sample."""
 
     def __init__(self, schedule: str, prediction_type: str = "epsilon", num_train_timesteps: int = 1000,
                  steps_offset: int = 1, set_alpha_to_one: bool = False):

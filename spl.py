@@ -34,7 +34,9 @@ x_w / x_l -> winner / loser, P, Q -> P, Q, k -> k (top-k), alpha_bar -> \bar{alp
 NOTE (deviations): no VAE branch, decoder or reconstruction loss (TMR has them; only the contrastive
 embedding is used as a reward); the official code mixes SPL at weight 1e-2 into the full contrastive
 loss with a doubled temperature -- this follows the paper's per-row switch; "near-duplicate" captions
-are found by their content words, not by a sentence-embedding model (no download).
+are found by their content words, not by a sentence-embedding model (no download). Eq. 13-14 take a
+plain top-k; mining here skips motions whose caption means the same as the query (neither counted
+above the truth nor chosen as x_l), as the official code masks them in its contrastive loss.
 
 Run:  python spl.py pretrain --data data/synth --out runs/synth/reward_pre.pt    # [--resume]: from <out>.part
       python spl.py spl --init runs/synth/reward_pre.pt --out runs/synth/reward.pt
@@ -216,7 +218,8 @@ def info_nce_rows(S, dup):
 def mine_pairs(S, dup, k):
     """Eq. 13-14 on a score matrix S (captions x motions, ground truth on the diagonal).
     -> (failed (B,) bool: ground truth outside the top-k, loser (B,) index of the best wrong motion).
-    Motions whose caption means the same as the query are not 'wrong' and are skipped."""
+    NOTE (deviation): motions whose caption means the same as the query are not 'wrong' and are skipped
+    (Eq. 13-14 rank every other motion)."""
     eye = torch.eye(len(S), dtype=torch.bool, device=S.device)
     other = S.masked_fill(dup.to(S.device) | eye, float("-inf"))
     loser = other.argmax(1)

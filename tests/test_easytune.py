@@ -286,7 +286,7 @@ def test_step_weight_scales_the_update_where_a_weight_on_the_loss_would_be_undon
 
 def test_chain_theta_prime_sums_every_trained_steps_clipped_gradient(build_tiny, tiny_data):
     """Chain optimisation (Alg. 1): theta' collects the update of EVERY trained step, each step's gradient taken
-    at the starting theta and clipped to norm `clip` (Eq. 9) before it reaches the optimizer. With plain SGD,
+    at the starting theta and clipped to norm `clip` (Table S1's clipping) before it reaches the optimizer. With plain SGD,
     theta' - theta = -lr sum_i g_i min(1, clip / |g_i|), the g_i recomputed here along the sampled trajectory."""
     lr, clip = 1.0, 2.0                                             # lr 1: updates well above float32 rounding
     gen, reward_fn, theta, cfg = setup(build_tiny, tiny_data, T=4, method="chain", lr=lr, clip=clip)
