@@ -641,6 +641,20 @@ def check_same_dataset(root: str, path: str, own_mean: torch.Tensor, own_words=N
                                 f"differs){hint}")
 
 
+def check_scored(root: str, split: str, path: str, own_mean: torch.Tensor, own_words, lemmas: bool = False):
+    """A model scored on root's split. root may be a held-out folder of its own (the README's 400 fresh motions,
+    with the benchmark's statistics), so only the Mean must be root's (else refused, as check_same_dataset);
+    the split's caption words the model never saw are read as <unk>, and a warning says how many.
+    lemmas: the model reads the tokens' lemmas (the evaluator), not the caption's words."""
+    check_same_dataset(root, path, own_mean)
+    seen = {w for name in read_split(root, split) for caption, tokens, _, _ in load_captions(root, name)
+            for w in ([t.rsplit("/", 1)[0] for t in tokens] if lemmas else words(caption))}
+    unknown = sorted(seen - set(own_words))
+    if unknown:
+        print(f"warning: {path}: {len(unknown)} of the {len(seen)} words in {root}'s {split} captions not in its "
+              f"vocabulary (read as <unk>): {', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}")
+
+
 # -----------------------------------------------------------------------------
 
 

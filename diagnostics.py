@@ -56,10 +56,10 @@ def stats_table(generators, root, split="val", items=128, steps=50, seed=0, devi
     b = data.collate([ds[i] for i in range(min(items, len(ds)))])
     lengths, mask = b["lengths"].to(device), b["mask"].to(device)
     mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (ds.mean, ds.std))
-    rows, words = {"real": motion_stats(b["motion"].to(device), mask)}, data.build_vocab(root).itos
+    rows = {"real": motion_stats(b["motion"].to(device), mask)}
     for path in generators:
         gen = models.load_generator(path, device)
-        data.check_same_dataset(root, path, gen.mean, gen.vocab.itos, words)    # it reads root's captions
+        data.check_scored(root, split, path, gen.mean, gen.vocab.itos)           # it reads root's captions
         x = gen.sample(b["captions"], lengths, steps=steps, generator=torch.Generator(device=device).manual_seed(seed))
         rows[path] = motion_stats((x * gen.std + gen.mean - mean) / std * mask[..., None], mask)
     return rows, len(lengths)

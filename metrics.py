@@ -605,10 +605,9 @@ def loaded(a, device):
     import models
     paths = a.generator if isinstance(a.generator, list) else [a.generator]
     gens, ev = [models.load_generator(g, device) for g in paths], load_evaluator(a.evaluator, device)
-    words = data.build_vocab(a.data).itos
     for path, gen in zip(paths, gens):
-        data.check_same_dataset(a.data, path, gen.mean, gen.vocab.itos, words)
-    data.check_same_dataset(a.data, a.evaluator, ev.mean, ev.words, word_vocab(a.data))
+        data.check_scored(a.data, a.split, path, gen.mean, gen.vocab.itos)
+    data.check_scored(a.data, a.split, a.evaluator, ev.mean, ev.words, lemmas=True)
     return gens, ev
 
 
@@ -668,7 +667,7 @@ def main():
         if a.reward:
             import spl
             reward = spl.load_reward(a.reward, device)
-            data.check_same_dataset(a.data, a.reward, reward.mean, reward.vocab.itos, data.build_vocab(a.data).itos)
+            data.check_scored(a.data, a.split, a.reward, reward.mean, reward.vocab.itos)
             second = reward.retrieval_embeddings
         res = compare(*gens, ev, a.data, a.replications, a.seed, device, a.split, second=second)
         print(f"{a.split} split, {res['items']} items from {res['sources']} source motions, "

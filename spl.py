@@ -476,9 +476,8 @@ def main(argv=None):
         gen = models.load_generator(a.generator, device) if a.generator else None
         samples = {path: models.load_generator(path, device) for path in a.samples}
         rewards = {path: load_reward(path, device) for path in a.reward}
-        words = data.build_vocab(a.data).itos                              # bench reads the folder's motions and captions
         for path, model in {**rewards, **samples, **({a.generator: gen} if gen else {})}.items():
-            data.check_same_dataset(a.data, path, model.mean, model.vocab.itos, words)
+            data.check_scored(a.data, "test", path, model.mean, model.vocab.itos)    # bench reads the test split
         results = {}
         for path, reward in rewards.items():
             res = bench(reward, a.data, gen, samples=samples)

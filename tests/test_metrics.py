@@ -1,7 +1,9 @@
 """metrics.py: the T2M metrics against closed forms, the saved-tensor memory meter on graphs whose
 saved bytes are known, and a tiny evaluator that retrieves real test pairs above chance."""
+import argparse
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ import data
 import diagnostics
 import metrics
 import models
+import synth
 
 
 def test_fid_of_a_set_with_itself_is_zero():
@@ -362,3 +365,40 @@ def test_a_missing_matplotlib_is_said_before_the_work_not_after(tmp_path, monkey
     with pytest.raises(common.InputError, match="pictures need matplotlib"):
         metrics.main()
     assert read == []
+
+
+@pytest.mark.filterwarnings("ignore:R-Precision over")
+def test_a_held_out_folder_with_the_benchmarks_statistics_is_scored_and_unknown_words_are_said(tiny_data, build_tiny,
+                                                                                              tmp_path, capsys):
+    """The README's larger held-out set: fresh clips of another seed with the benchmark's Mean/Std copied in.
+    Its own train split makes another vocabulary, so the reuse check (check_same_dataset) refuses the models;
+    eval/compare read only the scored split's captions: the Mean must be the benchmark's (else refused), and
+    the words a model never saw (read as <unk>) are said, for the generator's words and the evaluator's lemmas."""
+    held = str(tmp_path / "held")
+    synth.write_dataset(held, 40, seed=7)
+    for name in ("Mean.npy", "Std.npy"):
+        shutil.copy(os.path.join(tiny_data, name), held)
+    shutil.copy(os.path.join(held, "all.txt"), os.path.join(held, "val.txt"))
+    clip = data.read_split(held, "val")[0]
+    with open(os.path.join(held, "texts", f"{clip}.txt"), "a") as f:
+        f.write("a person zorbs twice#a/DET person/NOUN zorb/VERB twice/ADV#0.0#0.0\n")   # a word nobody trained on
+    gen, _ = build_tiny("mld")
+    g = str(tmp_path / "g.pt")
+    common.atomic_save(models.generator_checkpoint(gen), g)
+    ev_cfg = metrics.EvaluatorConfig(data=tiny_data, out=str(tmp_path / "ev.pt"),
+                                     **{**metrics.EVALUATOR_PRESETS["tiny"], "steps": 2})
+    metrics.train_evaluator(ev_cfg)
+    with pytest.raises(common.InputError, match=r"g\.pt: .*vocabulary differs"):
+        data.check_same_dataset(held, g, gen.mean, gen.vocab.itos, data.build_vocab(held).itos)
+    capsys.readouterr()
+    a = argparse.Namespace(generator=[g, g], evaluator=ev_cfg.out, data=held, split="val")
+    gens, ev = metrics.loaded(a, torch.device("cpu"))
+    out = capsys.readouterr().out
+    seen = {w for name in data.read_split(held, "val") for c, _, _, _ in data.load_captions(held, name)
+            for w in data.words(c)}
+    unknown = sorted(seen - set(gen.vocab.itos))                      # "zorbs" at least
+    assert "zorbs" in unknown and out.count(f"g.pt: {len(unknown)} of the {len(seen)} words") == 2
+    assert "ev.pt: " in out and "zorb" in out.split("ev.pt: ")[1] and "zorbs" not in out.split("ev.pt: ")[1]
+    np.save(os.path.join(held, "Mean.npy"), np.load(os.path.join(held, "Mean.npy")) + 1)
+    with pytest.raises(common.InputError, match=r"g\.pt: trained on another dataset than .*held \(its Mean\.npy"):
+        metrics.loaded(a, torch.device("cpu"))
