@@ -12,7 +12,7 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
   resuming     save_progress / load_progress (an unfinished run's state: weights, optimizer, generators),
                rng_state / set_rng_state (the global generators a loop draws from), check_resumable
                (--resume goes on only with the saved run's settings and kind of device)
-  devices      pick_device, seed_everything
+  devices      pick_device, machine (what a run's numbers were computed on), seed_everything
 """
 from __future__ import annotations
 
@@ -46,12 +46,26 @@ class CheckpointError(InputError):
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise InputError(f"--device {name!r}: auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise InputError(f"--device {name!r}: auto, cpu, cuda or cuda:N")      # 'cpu:1' would run on cpu
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def machine(device: torch.device) -> dict:
+    """What the numbers were computed on: float sums round differently on another CPU (MKL's kernels follow
+    its instruction set), thread count or GPU, so a run repeats to the last digit only on the same kind."""
+    return {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
 def seed_everything(seed: int):

@@ -326,6 +326,14 @@ def words(caption: str) -> list:
     return re.findall(r"[a-z]+", caption.lower())
 
 
+def check_text(text: str, flag: str = "--text") -> str:
+    """A caption typed on the command line needs a word the text encoders read: with none it would be
+    encoded as <cls> alone, a condition no model was trained on (not CFG's null text), and sampled silently."""
+    if not words(text):
+        raise common.InputError(f"{flag} {text!r}: no words (letters a-z) to condition on")
+    return text
+
+
 def parse_caption_line(line: str, where: str) -> tuple:
     """'caption#word/POS ...#start#end' -> (caption, [word/POS], start_s, end_s)."""
     parts = line.rstrip("\n").split("#")

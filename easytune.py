@@ -524,10 +524,12 @@ def set_guidance(gen, guidance):
 
 def evaluate_cached(gen_path, ev, root, cfg, device, cache):
     """Test-split metrics of a checkpoint, cached by (file, size, mtime, replications, seed, steps, guidance,
-    device kind: a CUDA generator draws other noise than a CPU one, so the rows of base and tuned come from one kind)."""
+    device kind, CPU instruction set, threads: a CUDA generator draws other noise than a CPU one, and another CPU
+    or thread count rounds otherwise, so the rows of base and tuned come from one kind of machine)."""
     st = os.stat(gen_path)
     key = (f"{os.path.abspath(gen_path)}:{st.st_size}:{st.st_mtime_ns}:{cfg.replications}:{cfg.seed}:{cfg.sample_steps}"
-           f":{cfg.guidance}:{device.type}")                       # guidance < 0: the scale saved in the checkpoint
+           f":{cfg.guidance}:{device.type}:{torch.backends.cpu.get_cpu_capability()}:{torch.get_num_threads()}")
+    #                                                                  guidance < 0: the scale saved in the checkpoint
     store = {}
     if os.path.isfile(cache):
         try:
@@ -606,7 +608,7 @@ def run(cfg: EasyTuneConfig):
     real = metrics.evaluate_real(ev, root, cfg.replications, cfg.seed, device)
     result = {**rows, "real": real, "config": dataclasses.asdict(cfg), "prerequisites": report,
               "finetune": {k: v for k, v in summary.items() if k != "history"}, "val_history": summary["history"],
-              "guidance": gen.cfg.guidance, "total_time_s": time.time() - t_start}
+              "guidance": gen.cfg.guidance, "machine": common.machine(device), "total_time_s": time.time() - t_start}
     names = (f"results_{tag}.json",) + (() if cfg.reward_model else ("results.json",))
     for name in names:
         with open(os.path.join(run_dir, name), "w") as f:
@@ -622,8 +624,10 @@ def run(cfg: EasyTuneConfig):
 
 
 def print_table(result, cfg):
+    m = result.get("machine") or {}                       # another CPU or thread count rounds otherwise
+    on = f" on {m['gpu'] or 'cpu ' + m['cpu_capability']}, {m['threads']} threads, torch {m['torch']}" if m else ""
     print(f"\n{cfg.backbone.upper()} on the test split, guidance {result['guidance']}, {cfg.replications} replications"
-          " (mean ± 95% CI):")
+          f" (mean ± 95% CI){on}:")
     print(f"{'':>10} {'R-P top1':>14} {'top2':>14} {'top3':>14} {'FID':>14} {'MM-Dist':>14} {'Diversity':>14}"
           f" {'mem MiB':>8} {'time s':>7}")
     for name in ("real", "base", "easytune"):

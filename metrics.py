@@ -634,6 +634,8 @@ def main():
              "seed": ">= 0", "lr": "> 0", "margin": "> 0", "hidden": ">= 1", "word_dim": ">= 1", "out_dim": ">= 1",
              "ckpt_every": ">= 1"}
     common.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
+    if a.cmd == "grad-norm":
+        data.check_text(a.text)
     for flag in ("json", "png"):
         if getattr(a, flag, None):
             common.output_path(getattr(a, flag), f"--{flag}", (f".{flag}",))

@@ -716,6 +716,7 @@ def main():
         train(tc)
     else:
         common.check_ranges(a, seconds="> 0", seed=">= 0", steps=">= 1", guidance=">= 0")
+        data.check_text(a.text)
         stem = os.path.splitext(common.output_path(a.out, "--out", (".npy",)))[0]
         common.output_path(f"{stem}_joints.npy", "--out (its joints)")       # both checked before any work
         device = common.pick_device(a.device)

@@ -337,8 +337,28 @@ def test_bad_inputs_name_the_file(tiny_data, tmp_path):
     open(tmp_path / "empty.pt", "w").close()
     with pytest.raises(common.CheckpointError, match=r"empty\.pt: corrupt or truncated checkpoint"):
         common.load_checkpoint(str(tmp_path / "empty.pt"))
-    with pytest.raises(common.InputError, match="--device 'gpu'"):
-        common.pick_device("gpu")
+    for name in ("gpu", "cpu:1", "meta"):                  # cpu:1 would run on cpu; meta computes nothing
+        with pytest.raises(common.InputError, match=f"--device '{name}': auto, cpu, cuda or cuda:N"):
+            common.pick_device(name)
+    assert common.pick_device("cpu:0") == torch.device("cpu:0")
+    with pytest.raises(common.InputError, match="'': no words"):       # <cls> alone: no model was trained on it
+        data.check_text("")
+    with pytest.raises(common.InputError, match="--prompt '12 !': no words"):
+        data.check_text("12 !", "--prompt")
+    assert data.check_text("a person walks") == "a person walks"
+
+
+def test_a_cuda_device_must_exist(monkeypatch):
+    """On a machine with one GPU, cuda:1 is refused before any work rather than failing at the first tensor."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert common.pick_device("cuda") == torch.device("cuda")
+    assert common.pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(common.InputError, match="--device cuda:1: this machine has 1 CUDA device"):
+        common.pick_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(common.InputError, match="--device cuda: CUDA is not available"):
+        common.pick_device("cuda")
 
 
 def test_synth_writes_all_or_nothing(tmp_path, monkeypatch):

@@ -559,7 +559,8 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
 
 def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, monkeypatch):
     """A base row sampled on the CPU must not be reused beside a tuned row sampled on a GPU (their noise
-    draws differ): evaluate_cached keys on the device's kind as on the file, seed, steps and guidance."""
+    draws differ), nor one from another CPU or thread count (they round otherwise): evaluate_cached keys on
+    the device's kind, the CPU's instruction set and the threads as on the file, seed, steps and guidance."""
     calls = []
     monkeypatch.setattr(easytune.models, "load_generator", lambda path, device: types.SimpleNamespace(cfg=None))
     monkeypatch.setattr(easytune.metrics, "evaluate",
@@ -570,13 +571,33 @@ def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, 
     rows = [easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device(d), cache)["R1"]
             for d in ("cpu", "cpu", "cuda", "cpu", "cuda")]
     assert calls == ["cpu", "cuda"] and rows == [1, 1, 2, 1, 2]
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "ANOTHER")
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 3
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 4
+    assert calls == ["cpu", "cuda", "cpu", "cpu"]
+    calls.clear()
     with open(cache, "w") as f:                                       # a damaged cache is a cache: rebuilt, not a crash
         f.write("garbage{")
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 3
-    assert calls == ["cpu", "cuda", "cpu"] and list(json.load(open(cache)).values())[0]["R1"] == 3
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 1
+    assert calls == ["cpu"] and list(json.load(open(cache)).values())[0]["R1"] == 1
     with open(cache, "w") as f:                                       # JSON, but not this cache's: rebuilt too
         f.write("[]")
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 4
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 2
+
+
+def test_the_table_names_the_machine_its_numbers_were_computed_on(capsys):
+    """Another CPU (instruction set), thread count or GPU rounds otherwise: the same command repeats the README's
+    numbers to the last digit only on the same kind of machine, so results.json and the table say which."""
+    m = common.machine(torch.device("cpu"))
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and m["gpu"] is None
+    row = {k: {"mean": 1.0, "ci": 0.0} for k in metrics.KEYS}
+    result = {"real": row, "base": {**row, "peak_saved_mib": 0.0, "time_s": 1},
+              "easytune": {**row, "peak_saved_mib": 1.0, "time_s": 1}, "guidance": 7.5, "machine": m}
+    easytune.print_table(result, easytune.EasyTuneConfig())
+    assert (f"(mean ± 95% CI) on cpu {m['cpu_capability']}, {m['threads']} threads, torch {torch.__version__}:"
+            in capsys.readouterr().out)
 
 
 def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path, monkeypatch):
