@@ -259,9 +259,10 @@ def set_rng_state(state: dict, device: torch.device):
 def to_resume(path: str, resume: bool) -> bool:
     """Whether a run asked to --resume has something to resume at path; if not, it says so and starts afresh
     (the one command builds every prerequisite with resume on, so a missing state is not an error)."""
-    if resume and not os.path.isfile(path):
+    found = resume and os.path.isfile(path)
+    if resume and not found:
         print(f"--resume: no {path} to resume, so this run starts afresh")
-    return resume and os.path.isfile(path)
+    return found
 
 
 def save_progress(path: str, kind: str, cfg, device: torch.device, step: int, elapsed: float, model, opt, dataset,

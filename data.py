@@ -326,6 +326,11 @@ def words(caption: str) -> list:
     return re.findall(r"[a-z]+", caption.lower())
 
 
+def lemma(token: str) -> str:
+    """'walk/VERB' -> 'walk': the evaluator's text unit (T2M's), where the other encoders read words()."""
+    return token.rsplit("/", 1)[0]
+
+
 def check_text(text: str, flag: str = "--text") -> str:
     """A caption typed on the command line needs a word the text encoders read: with none it would be
     encoded as <cls> alone, a condition no model was trained on (not CFG's null text), and sampled silently."""
@@ -656,7 +661,7 @@ def check_scored(root: str, split: str, path: str, own_mean: torch.Tensor, own_w
     lemmas: the model reads the tokens' lemmas (the evaluator), not the caption's words."""
     check_same_dataset(root, path, own_mean)
     seen = {w for name in read_split(root, split) for caption, tokens, _, _ in load_captions(root, name)
-            for w in ([t.rsplit("/", 1)[0] for t in tokens] if lemmas else words(caption))}
+            for w in ([lemma(t) for t in tokens] if lemmas else words(caption))}
     unknown = sorted(seen - set(own_words))
     if unknown:
         print(f"warning: {path}: {len(unknown)} of the {len(seen)} words in {root}'s {split} captions not in its "

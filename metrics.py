@@ -83,7 +83,7 @@ def word_vocab(root: str) -> list:
     for name in data.read_split(root, "train"):
         for _, tokens, _, _ in data.load_captions(root, name):
             for t in tokens:
-                counts[t.rsplit("/", 1)[0]] += 1
+                counts[data.lemma(t)] += 1
     return ["<pad>", "<unk>", "<sos>", "<eos>"] + sorted(counts, key=lambda w: (-counts[w], w))
 
 
