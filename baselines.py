@@ -303,7 +303,8 @@ def compare(ccfg: CompareConfig):
             common.atomic_write(part, json.dumps(state))
     ttr = time_to_reward(curves)
     res = {"view": view, "results": results, "curves": curves, "time_to_reward": ttr,
-           "config": dataclasses.asdict(ccfg), "easytune_config": dataclasses.asdict(et_cfg)}
+           "config": dataclasses.asdict(ccfg), "easytune_config": dataclasses.asdict(et_cfg),
+           "machine": common.machine(device)}                      # a wall-clock budget: the machine sets the table
     common.atomic_write(path, json.dumps(res, indent=1))
     os.remove(part)
     print_compare(res)

@@ -205,6 +205,7 @@ def test_an_interrupted_comparison_resumes_with_the_base_and_the_methods_it_fini
     assert without_times(got["curves"]) == without_times(whole["curves"])
     assert without_times([json.loads(l) for l in open(out / "log.jsonl")]) == without_times(whole_log)
     assert not (out / "results_traj.json.part").exists()
+    assert got["machine"] == common.machine(torch.device("cpu"))            # what the wall clock was measured on
 
 
 def test_a_missing_matplotlib_skips_the_plot_with_a_note(monkeypatch, tmp_path, capsys):
