@@ -12,7 +12,7 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
   resuming     save_progress / load_progress (an unfinished run's state: weights, optimizer, generators),
                rng_state / set_rng_state (the global generators a loop draws from), check_resumable
                (--resume goes on only with the saved run's settings and kind of device)
-  devices      pick_device, machine (what a run's numbers were computed on), seed_everything
+  devices      pick_device, cpu / machine (what a run's numbers were computed on), seed_everything
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import sys
 
 import numpy as np
@@ -60,11 +61,20 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu() -> str:
+    """The CPU as a run's digits depend on it: its model (MKL picks its kernels by vendor and instruction set)
+    and the vector instructions ATen uses."""
+    name = platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:                                   # Linux; elsewhere the architecture
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def machine(device: torch.device) -> dict:
-    """What the numbers were computed on: float sums round differently on another CPU (MKL's kernels follow
-    its instruction set), thread count or GPU, so a run repeats to the last digit only on the same kind."""
-    return {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    """What the numbers were computed on: float sums round differently on another CPU, thread count or GPU,
+    so a run repeats to the last digit only on the same kind of machine."""
+    return {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(), "cpu": cpu(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
@@ -194,8 +204,9 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: "
-                              f"{(str(e).splitlines() or ['empty file'])[0][:120]})") from None
+        why = str(e).split("WeightsUnpickler error:", 1)[-1]         # past torch's preamble on weights_only
+        why = next((ln.strip() for ln in why.splitlines() if ln.strip()), "empty file")
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {why[:120]})") from None
     if not isinstance(ck, dict) or "kind" not in ck:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no 'kind' entry)")
     if kind is not None and ck["kind"] != kind:

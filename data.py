@@ -432,6 +432,8 @@ def read_split(root: str, split: str) -> list:
 
 
 def load_stats(root: str) -> tuple:
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: dataset folder not found")
     out = []
     for fname in ("Mean.npy", "Std.npy"):
         path = os.path.join(root, fname)

@@ -327,6 +327,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
                                                                                    "history", "best", "bad_checks"))
             rng.bit_generator.state, train_set.rng.bit_generator.state = ck["rng"], ck["data_rng"]  # batches, crops
             g.set_state(ck["torch_rng"])
+            meter.peak = ck["peak_saved_bytes"]                        # the run's peak so far, not this call's
         common.keep_lines(log_path, lambda r: r["trajectory"] <= start)      # the updates after it run again
         print(f"resumed {ckpt_path} at trajectory {start}")
         if bad_checks >= cfg.patience:                                 # it had stopped early: it stays stopped
@@ -367,6 +368,7 @@ def finetune(gen, reward, cfg, root, out_dir, log_path):
             common.atomic_save({"kind": "easytune", "model": gen.state_dict(), "optimizer": opt.state_dict(),
                               "theta_prime": [q.detach() for q in theta_prime] if theta_prime else None,
                               "trajectory": traj + 1, "updates": updates, "elapsed": time.time() - t0,
+                              "peak_saved_bytes": meter.peak,
                               "history": history, "best": best, "bad_checks": bad_checks, "rng": rng.bit_generator.state,
                               "data_rng": train_set.rng.bit_generator.state, "torch_rng": g.get_state(),
                               "device_type": device.type, "config": dataclasses.asdict(cfg)}, ckpt_path)
@@ -387,7 +389,7 @@ def check_resumable(ck: dict, cfg: EasyTuneConfig, path, device):
     if "data_rng" not in ck or "device_type" not in ck:
         raise common.CheckpointError(f"{path}: written by an older easytune.py (no data order or device saved); drop --resume")
     needed = ["model", "optimizer", "trajectory", "updates", "elapsed", "history", "best", "bad_checks", "rng",
-              "torch_rng"] + (["theta_prime"] if cfg.method == "chain" else [])
+              "torch_rng", "peak_saved_bytes"] + (["theta_prime"] if cfg.method == "chain" else [])
     missing = [k for k in needed if k not in ck]
     if missing:                                                    # said now, not after the base's val pass
         raise common.CheckpointError(f"{path}: incomplete, no {', '.join(missing)}; drop --resume to start over")
@@ -524,11 +526,11 @@ def set_guidance(gen, guidance):
 
 def evaluate_cached(gen_path, ev, root, cfg, device, cache):
     """Test-split metrics of a checkpoint, cached by (file, size, mtime, replications, seed, steps, guidance,
-    device kind, CPU instruction set, threads: a CUDA generator draws other noise than a CPU one, and another CPU
+    device kind, CPU, threads: a CUDA generator draws other noise than a CPU one, and another CPU
     or thread count rounds otherwise, so the rows of base and tuned come from one kind of machine)."""
     st = os.stat(gen_path)
     key = (f"{os.path.abspath(gen_path)}:{st.st_size}:{st.st_mtime_ns}:{cfg.replications}:{cfg.seed}:{cfg.sample_steps}"
-           f":{cfg.guidance}:{device.type}:{torch.backends.cpu.get_cpu_capability()}:{torch.get_num_threads()}")
+           f":{cfg.guidance}:{device.type}:{common.cpu()}:{torch.get_num_threads()}")
     #                                                                  guidance < 0: the scale saved in the checkpoint
     store = {}
     if os.path.isfile(cache):
@@ -625,7 +627,7 @@ def run(cfg: EasyTuneConfig):
 
 def print_table(result, cfg):
     m = result.get("machine") or {}                       # another CPU or thread count rounds otherwise
-    on = f" on {m['gpu'] or 'cpu ' + m['cpu_capability']}, {m['threads']} threads, torch {m['torch']}" if m else ""
+    on = f" on {m['gpu'] or m['cpu']}, {m['threads']} threads, torch {m['torch']}" if m else ""
     print(f"\n{cfg.backbone.upper()} on the test split, guidance {result['guidance']}, {cfg.replications} replications"
           f" (mean ± 95% CI){on}:")
     print(f"{'':>10} {'R-P top1':>14} {'top2':>14} {'top3':>14} {'FID':>14} {'MM-Dist':>14} {'Diversity':>14}"

@@ -594,7 +594,8 @@ def scored(sub, name, help, generators=1, replications=3):
                    help="val: for choices made with a second evaluator (never the test split)")
     s.add_argument("--evaluator", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--replications", type=int, default=replications)
+    s.add_argument("--replications", type=int, default=replications,
+                   help=f"repeats of the whole evaluation, ± over them (default {replications})")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     return s
@@ -616,7 +617,8 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train-evaluator", help="train the T2M-style evaluator on the train split")
     common.add_config_args(t, EvaluatorConfig)
-    e = scored(sub, "eval", "the Table-1 row of a generator on the test split (or --split val)", replications=20)
+    e = scored(sub, "eval", "the Table-1 row of a generator on the test split (or --split val); 20 replications "
+               "by default, T2M's protocol (the README's tables use 3 or 5)", replications=20)
     e.add_argument("--mm", action="store_true", help="also MultiModality (100 captions x 30 samples)")
     e.add_argument("--json", help="write the rows here")
     c = scored(sub, "compare", "b vs a, item by item, with an interval over the split's source motions", generators=2)

@@ -98,6 +98,8 @@ def main():
         path, title = a.joints, os.path.basename(a.joints)
     elif a.data and a.name:
         path, title = os.path.join(a.data, "new_joints", f"{a.name}.npy"), a.name
+        if not os.path.isfile(path):                          # before its captions: the clip itself is missing
+            raise common.InputError(f"--name {a.name}: no clip {path}")
         lines = data.load_captions(a.data, a.name)
         title = f"{a.name}: {lines[0][0]}"
     else:

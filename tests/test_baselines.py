@@ -236,3 +236,11 @@ def test_viz_refuses_joints_it_cannot_draw_naming_the_file(bad, tmp_path, monkey
     monkeypatch.setattr("sys.argv", ["viz.py", "--joints", str(tmp_path / "j.npy"), "--out", str(tmp_path / "v.png")])
     with pytest.raises(common.InputError, match=r"j\.npy: expected numbers shaped \(frames, 22 or 21 joints, 3\)"):
         viz.main()
+
+
+def test_viz_names_a_clip_that_is_not_in_the_folder(tiny_data, tmp_path, monkeypatch):
+    """--name of a clip the folder does not hold: named as a missing clip, not as its missing captions."""
+    import viz
+    monkeypatch.setattr("sys.argv", ["viz.py", "--data", tiny_data, "--name", "999999", "--out", str(tmp_path / "v.png")])
+    with pytest.raises(common.InputError, match=r"--name 999999: no clip .*new_joints/999999\.npy"):
+        viz.main()

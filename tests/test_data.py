@@ -337,6 +337,12 @@ def test_bad_inputs_name_the_file(tiny_data, tmp_path):
     open(tmp_path / "empty.pt", "w").close()
     with pytest.raises(common.CheckpointError, match=r"empty\.pt: corrupt or truncated checkpoint"):
         common.load_checkpoint(str(tmp_path / "empty.pt"))
+    (tmp_path / "noise.pt").write_bytes(bytes(range(7, 107)))                 # not a pickle: torch's own reason,
+    with pytest.raises(common.CheckpointError, match=r"noise\.pt: corrupt or truncated checkpoint \(UnpicklingError: "
+                                                      r"Unsupported operand"):   # not its weights_only preamble
+        common.load_checkpoint(str(tmp_path / "noise.pt"))
+    with pytest.raises(data.DataError, match=r"nowhere: dataset folder not found$"):
+        data.check(str(tmp_path / "nowhere"))                          # not as its missing Mean.npy
     for name in ("gpu", "cpu:1", "meta"):                  # cpu:1 would run on cpu; meta computes nothing
         with pytest.raises(common.InputError, match=f"--device '{name}': auto, cpu, cuda or cuda:N"):
             common.pick_device(name)

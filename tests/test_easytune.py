@@ -3,6 +3,7 @@ optimisation, the step schedules of App. A.5, and selection that never reads the
 import copy
 import dataclasses
 import json
+import os
 import shutil
 import types
 
@@ -523,8 +524,9 @@ def test_a_reward_ensemble_is_the_mean_of_its_members(build_tiny, tiny_data, tmp
 
 def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_devices_do_not_mix(
         build_tiny, tiny_data, tmp_path, monkeypatch, capsys):
-    """--resume of a run that stopped early trains nothing more; a run started afresh never leaves the previous
-    run's last.pt to be resumed into it; a CPU run does not continue a CUDA run's noise draws."""
+    """--resume of a run that stopped early trains nothing more (and reports the run's peak memory, not 0); a run
+    started afresh never leaves the previous run's last.pt to be resumed into it; a CPU run does not continue a
+    CUDA run's noise draws."""
     val_gets_worse(monkeypatch)
     cfg = easytune.resolve(easytune.EasyTuneConfig(backbone="mdm", preset="tiny", trajectories=4, val_every=1,
                                                    patience=1, batch_size=4, sample_steps=3))
@@ -533,9 +535,11 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
     def run(**over):
         gen, reward = build_tiny("mdm")
         return easytune.finetune(gen, reward, dataclasses.replace(cfg, **over), tiny_data, str(tmp_path), str(log))
-    assert run()["trajectories"] == 1                               # stopped after the first val check
+    first = run()
+    assert first["trajectories"] == 1 and first["peak_saved_mib"] > 0          # stopped after the first val check
     again = run(resume=True)
     assert again["trajectories"] == 1 and again["updates"] == 3 and len(open(log).readlines()) == 3
+    assert again["peak_saved_mib"] == first["peak_saved_mib"]      # the run's meter, not the resumed call's 0
 
     ck = torch.load(last, weights_only=False)
     torch.save({**ck, "device_type": "cuda"}, last)
@@ -560,7 +564,7 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
 def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, monkeypatch):
     """A base row sampled on the CPU must not be reused beside a tuned row sampled on a GPU (their noise
     draws differ), nor one from another CPU or thread count (they round otherwise): evaluate_cached keys on
-    the device's kind, the CPU's instruction set and the threads as on the file, seed, steps and guidance."""
+    the device's kind, the CPU (model, instruction set) and the threads as on the file, seed, steps and guidance."""
     calls = []
     monkeypatch.setattr(easytune.models, "load_generator", lambda path, device: types.SimpleNamespace(cfg=None))
     monkeypatch.setattr(easytune.metrics, "evaluate",
@@ -591,12 +595,15 @@ def test_the_table_names_the_machine_its_numbers_were_computed_on(capsys):
     """Another CPU (instruction set), thread count or GPU rounds otherwise: the same command repeats the README's
     numbers to the last digit only on the same kind of machine, so results.json and the table say which."""
     m = common.machine(torch.device("cpu"))
-    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and m["gpu"] is None
+    assert m["cpu"].endswith(", " + torch.backends.cpu.get_cpu_capability()) and m["gpu"] is None
+    names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")] \
+        if os.path.isfile("/proc/cpuinfo") else []                   # the model: MKL's kernels depend on it
+    assert m["cpu"].startswith(names[0] + ", " if names else "")
     row = {k: {"mean": 1.0, "ci": 0.0} for k in metrics.KEYS}
     result = {"real": row, "base": {**row, "peak_saved_mib": 0.0, "time_s": 1},
               "easytune": {**row, "peak_saved_mib": 1.0, "time_s": 1}, "guidance": 7.5, "machine": m}
     easytune.print_table(result, easytune.EasyTuneConfig())
-    assert (f"(mean ± 95% CI) on cpu {m['cpu_capability']}, {m['threads']} threads, torch {torch.__version__}:"
+    assert (f"(mean ± 95% CI) on {m['cpu']}, {m['threads']} threads, torch {torch.__version__}:"
             in capsys.readouterr().out)
 
 
