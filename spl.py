@@ -422,12 +422,12 @@ def one_step_prediction(generator, x, lengths, t, g):
 
 
 def format_bench(results, cols=("R@1", "R@2", "R@3", "R@5", "R@10")):
-    lines = []
+    lines, w = [], max([28] + [len(name) + 1 for name in results])          # a long checkpoint name widens it
     for proto in ("bs32", "all"):
         for direction in ("t2m", "m2t"):
-            lines.append(f"-- {proto} {direction}: " + "  ".join(f"{c:>6}" for c in cols))
+            lines.append(f"{f'-- {proto} {direction}:':<{w + 3}}" + "  ".join(f"{c:>6}" for c in cols))
             for name, row in results.items():
-                lines.append(f"   {name:<28}" + "  ".join(f"{row[f'{proto} {direction} {c}']:6.2f}" for c in cols))
+                lines.append(f"   {name:<{w}}" + "  ".join(f"{row[f'{proto} {direction} {c}']:6.2f}" for c in cols))
     return "\n".join(lines)
 
 

@@ -265,3 +265,10 @@ def test_noisy_replaces_a_fraction_p_of_the_motions_by_x_t_and_labels_the_rest_c
         assert torch.equal(ab[~clean], sched.alpha_bar[t][~clean])                 # labelled with its own t
         if p == 1.0:
             assert abs(eps.std().item() - 1) < 0.02 and t.float().std() > 0.2 * max_t   # eps ~ N(0, I), t spread
+
+
+def test_the_bench_table_keeps_its_columns_under_a_long_checkpoint_name():
+    """Each row's numbers end where the header's column names end, whatever the longest row name."""
+    row = {f"{p} {d} {c}": 12.5 for p in ("bs32", "all") for d in ("t2m", "m2t") for c in ("R@1", "R@2", "R@3", "R@5", "R@10")}
+    lines = spl.format_bench({"clean": row, "samples of runs/synth/a_checkpoint_with_a_long_name.pt": row}).splitlines()
+    assert len(lines) == 12 and len({len(ln) for ln in lines}) == 1
