@@ -432,22 +432,23 @@ def main():
         for m in methods:
             if m not in METHODS:
                 raise common.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
-        res = memory(steps, a.preset, a.backbone, a.batch_size, methods, common.pick_device(a.device))
+        device = common.pick_device(a.device)
+        res = memory(steps, a.preset, a.backbone, a.batch_size, methods, device)
         if a.json:
-            with open(a.json, "w") as f:
-                json.dump(res, f, indent=1)
+            common.atomic_write(a.json, json.dumps({**res, "machine": common.machine(device)}, indent=1))
             plot({m: ([int(t) for t in row], [v["saved_mib"] for v in row.values()]) for m, row in res.items()},
                  "sampling steps T", "peak saved-tensor memory (MiB)", os.path.splitext(a.json)[0] + ".png", log=True)
     else:
         common.check_ranges(a, steps=(1, 999), probes=">= 1")
         path = os.path.join(a.runs, f"{a.backbone}.pt")
-        gen = models.load_generator(path, common.pick_device(a.device))
+        device = common.pick_device(a.device)
+        gen = models.load_generator(path, device)
         res = metrics.jacobian_norms(gen, ["a person walks forward and then turns left"], [80], a.steps, a.probes)
         print(f"{'i':>3} {'t':>4} {'|d pi/d x_t|':>13} {'|d x_0/d x_t| (Eq. 5)':>22}")
         for i, (t, s, pr) in enumerate(zip(res["t"], res["step"], res["product"])):
             print(f"{i:>3} {t:>4} {s:>13.4f} {pr:>22.4f}")
-        with open(os.path.join(a.runs, f"vanish_{a.backbone}.json"), "w") as f:
-            json.dump(res, f, indent=1)
+        common.atomic_write(os.path.join(a.runs, f"vanish_{a.backbone}.json"),
+                            json.dumps({**res, "machine": common.machine(device)}, indent=1))
 
 
 if __name__ == "__main__":

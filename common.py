@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -61,14 +62,19 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu() -> str:
-    """The CPU as a run's digits depend on it: its model (MKL picks its kernels by vendor and instruction set)
-    and the vector instructions ATen uses."""
+@functools.cache
+def _cpu_model() -> str:
     name = platform.machine()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:                                   # Linux; elsewhere the architecture
             name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+    return name
+
+
+def cpu() -> str:
+    """The CPU as a run's digits depend on it: its model (MKL picks its kernels by vendor and instruction set)
+    and the vector instructions ATen uses."""
+    return f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def machine(device: torch.device) -> dict:

@@ -526,11 +526,12 @@ def set_guidance(gen, guidance):
 
 def evaluate_cached(gen_path, ev, root, cfg, device, cache):
     """Test-split metrics of a checkpoint, cached by (file, size, mtime, replications, seed, steps, guidance,
-    device kind, CPU, threads: a CUDA generator draws other noise than a CPU one, and another CPU
-    or thread count rounds otherwise, so the rows of base and tuned come from one kind of machine)."""
+    device kind, and the machine: a CUDA generator draws other noise than a CPU one, and another CPU, thread
+    count, GPU model or torch rounds otherwise, so the rows of base and tuned come from one kind of machine)."""
     st = os.stat(gen_path)
+    m = {**common.machine(device), "device": device.type}                # cuda and cuda:1 draw the same numbers
     key = (f"{os.path.abspath(gen_path)}:{st.st_size}:{st.st_mtime_ns}:{cfg.replications}:{cfg.seed}:{cfg.sample_steps}"
-           f":{cfg.guidance}:{device.type}:{common.cpu()}:{torch.get_num_threads()}")
+           f":{cfg.guidance}:{json.dumps(m, sort_keys=True)}")
     #                                                                  guidance < 0: the scale saved in the checkpoint
     store = {}
     if os.path.isfile(cache):
@@ -613,8 +614,7 @@ def run(cfg: EasyTuneConfig):
               "guidance": gen.cfg.guidance, "machine": common.machine(device), "total_time_s": time.time() - t_start}
     names = (f"results_{tag}.json",) + (() if cfg.reward_model else ("results.json",))
     for name in names:
-        with open(os.path.join(run_dir, name), "w") as f:
-            json.dump(result, f, indent=1)
+        common.atomic_write(os.path.join(run_dir, name), json.dumps(result, indent=1))
     print_table(result, cfg)
     gifs = render(set_guidance(models.load_generator(gen_path, device), cfg.guidance),
                   models.load_generator(os.path.join(out_dir, "best.pt"), device),

@@ -661,9 +661,8 @@ def main():
         for name, row in rows.items():
             print(f"{name:>10}: {format_row(row)}")
         print(f"({a.split} split, {a.replications} replications, {time.time() - t0:.0f}s)")
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(rows, f, indent=1)
+        if a.json:                                          # the machine: another CPU or GPU rounds otherwise
+            common.atomic_write(a.json, json.dumps({**rows, "machine": common.machine(device)}, indent=1))
     elif a.cmd == "compare":
         device = common.pick_device(a.device)
         gens, ev = loaded(a, device)

@@ -483,9 +483,8 @@ def main(argv=None):
             res = bench(reward, a.data, gen, samples=samples)
             results[path] = res
             print(f"== {path}\n{format_bench(res)}")
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(results, f, indent=1)
+        if a.json:                                          # the machine: another CPU or GPU rounds otherwise
+            common.atomic_write(a.json, json.dumps({"rewards": results, "machine": common.machine(device)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,29 @@ def test_memory_is_flat_for_easytune_and_refl_and_grows_for_draft():
     assert res["easytune-step"]["16"]["saved_mib"] < 0.5 * res["draft-50"]["16"]["saved_mib"]
 
 
+def test_the_memory_benchmarks_json_holds_its_rows_and_the_machine(tmp_path, monkeypatch):
+    out = tmp_path / "memory.json"
+    monkeypatch.setattr("sys.argv", ["baselines.py", "memory", "--preset", "tiny", "--backbone", "mdm", "--steps",
+                                     "4", "--batch-size", "2", "--methods", "easytune-step", "--json", str(out)])
+    baselines.main()
+    with open(out) as f:
+        got = json.load(f)
+    assert set(got) == {"easytune-step", "machine"} and got["easytune-step"]["4"]["saved_mib"] > 0
+    assert got["machine"] == common.machine(torch.device("cpu"))
+
+
+def test_the_vanishing_benchmarks_json_holds_the_norms_and_the_machine(build_tiny, tmp_path, monkeypatch, capsys):
+    import models
+    gen, _ = build_tiny("mdm")
+    common.atomic_save(models.generator_checkpoint(gen), str(tmp_path / "mdm.pt"))
+    monkeypatch.setattr("sys.argv", ["baselines.py", "vanish", "--backbone", "mdm", "--runs", str(tmp_path),
+                                     "--steps", "4", "--probes", "1"])
+    baselines.main()
+    with open(tmp_path / "vanish_mdm.json") as f:
+        got = json.load(f)
+    assert len(got["product"]) == 4 and got["machine"] == common.machine(torch.device("cpu"))
+
+
 def test_every_method_shares_one_optimiser_without_the_kl_term():
     """The baselines have no KL term, so the comparison runs EasyTune without it too, at MLD's rate
     without it (3e-6), not easytune.py's MLD default (KL 100 at 1e-5); MDM keeps its own 1e-6."""

@@ -563,9 +563,11 @@ def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_dev
 
 def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, monkeypatch):
     """A base row sampled on the CPU must not be reused beside a tuned row sampled on a GPU (their noise
-    draws differ), nor one from another CPU or thread count (they round otherwise): evaluate_cached keys on
-    the device's kind, the CPU (model, instruction set) and the threads as on the file, seed, steps and guidance."""
-    calls = []
+    draws differ), nor one from another CPU, thread count or GPU model (they round otherwise): evaluate_cached
+    keys on the device's kind and the machine (CPU model and instruction set, threads, GPU, torch) as on the
+    file, seed, steps and guidance."""
+    calls, gpu = [], ["H100"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: gpu[0])    # no GPU here: a named one
     monkeypatch.setattr(easytune.models, "load_generator", lambda path, device: types.SimpleNamespace(cfg=None))
     monkeypatch.setattr(easytune.metrics, "evaluate",
                         lambda gen, ev, root, reps, seed, device, steps: calls.append(device.type) or {"R1": len(calls)})
@@ -575,12 +577,15 @@ def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, 
     rows = [easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device(d), cache)["R1"]
             for d in ("cpu", "cpu", "cuda", "cpu", "cuda")]
     assert calls == ["cpu", "cuda"] and rows == [1, 1, 2, 1, 2]
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cuda:1"), cache)["R1"] == 2
+    gpu[0] = "A100"                                                   # another GPU model: evaluated again
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cuda"), cache)["R1"] == 3
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "ANOTHER")
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 3
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 4
     threads = torch.get_num_threads()
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 4
-    assert calls == ["cpu", "cuda", "cpu", "cpu"]
+    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 5
+    assert calls == ["cpu", "cuda", "cuda", "cpu", "cpu"]
     calls.clear()
     with open(cache, "w") as f:                                       # a damaged cache is a cache: rebuilt, not a crash
         f.write("garbage{")

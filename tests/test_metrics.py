@@ -2,6 +2,7 @@
 saved bytes are known, and a tiny evaluator that retrieves real test pairs above chance."""
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -369,11 +370,13 @@ def test_a_missing_matplotlib_is_said_before_the_work_not_after(tmp_path, monkey
 
 @pytest.mark.filterwarnings("ignore:R-Precision over")
 def test_a_held_out_folder_with_the_benchmarks_statistics_is_scored_and_unknown_words_are_said(tiny_data, build_tiny,
-                                                                                              tmp_path, capsys):
+                                                                                              tmp_path, capsys,
+                                                                                              monkeypatch):
     """The README's larger held-out set: fresh clips of another seed with the benchmark's Mean/Std copied in.
     Its own train split makes another vocabulary, so the reuse check (check_same_dataset) refuses the models;
     eval/compare read only the scored split's captions: the Mean must be the benchmark's (else refused), and
-    the words a model never saw (read as <unk>) are said, for the generator's words and the evaluator's lemmas."""
+    the words a model never saw (read as <unk>) are said, for the generator's words and the evaluator's lemmas.
+    `eval --json` writes the rows printed and the machine they were computed on (another CPU rounds otherwise)."""
     held = str(tmp_path / "held")
     synth.write_dataset(held, 40, seed=7)
     for name in ("Mean.npy", "Std.npy"):
@@ -399,6 +402,15 @@ def test_a_held_out_folder_with_the_benchmarks_statistics_is_scored_and_unknown_
     unknown = sorted(seen - set(gen.vocab.itos))                      # "zorbs" at least
     assert "zorbs" in unknown and out.count(f"g.pt: {len(unknown)} of the {len(seen)} words") == 2
     assert "ev.pt: " in out and "zorb" in out.split("ev.pt: ")[1] and "zorbs" not in out.split("ev.pt: ")[1]
+    rows_json = str(tmp_path / "rows.json")
+    monkeypatch.setattr(sys, "argv", ["metrics.py", "eval", "--generator", g, "--evaluator", ev_cfg.out, "--data",
+                                      held, "--split", "val", "--replications", "1", "--json", rows_json])
+    metrics.main()
+    out = capsys.readouterr().out
+    with open(rows_json) as f:
+        rows = json.load(f)
+    assert set(rows) == {"real", "generator", "machine"} and rows["machine"] == common.machine(torch.device("cpu"))
+    assert f"generator: {metrics.format_row(rows['generator'])}" in out
     np.save(os.path.join(held, "Mean.npy"), np.load(os.path.join(held, "Mean.npy")) + 1)
     with pytest.raises(common.InputError, match=r"g\.pt: trained on another dataset than .*held \(its Mean\.npy"):
         metrics.loaded(a, torch.device("cpu"))

@@ -1,6 +1,7 @@
 """spl.py: preference mining (Eq. 13-14) and the KL loss (Eq. 15-17) against hand computations, the
 noise-aware reward's inputs, the contrastive form, and a tiny pretrain + SPL run."""
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -94,6 +95,10 @@ def test_tiny_pretrain_then_spl_logs_the_failure_ratio(tiny_data, tmp_path):
     assert common.load_checkpoint(pre.out, "reward")["log"][-1]["step"] == 20      # pretraining logs its epochs
     before, after = spl.load_reward(pre.out), spl.load_reward(cfg.out)
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+    spl.main(["bench", "--reward", pre.out, cfg.out, "--data", tiny_data, "--json", str(tmp_path / "bench.json")])
+    with open(tmp_path / "bench.json") as f:                  # each reward's rows, and the machine they came from
+        bench = json.load(f)
+    assert list(bench["rewards"]) == [pre.out, cfg.out] and bench["machine"] == common.machine(torch.device("cpu"))
     with pytest.raises(common.CheckpointError, match="missing.pt: checkpoint not found"):
         spl.train(spl.RewardConfig(data=tiny_data, init=str(tmp_path / "missing.pt"), out=str(tmp_path / "x.pt"),
                                    **spl.PRESETS["tiny"]), "spl")
