@@ -154,7 +154,7 @@ def test_the_memory_benchmarks_json_holds_its_rows_and_the_machine(tmp_path, mon
     assert got["machine"] == common.machine(torch.device("cpu"))
 
 
-def test_the_vanishing_benchmarks_json_holds_the_norms_and_the_machine(build_tiny, tmp_path, monkeypatch, capsys):
+def test_the_vanishing_benchmarks_json_holds_the_norms_and_the_machine(build_tiny, tmp_path, monkeypatch):
     import models
     gen, _ = build_tiny("mdm")
     common.atomic_save(models.generator_checkpoint(gen), str(tmp_path / "mdm.pt"))
