@@ -407,7 +407,7 @@ def main():
     mm.add_argument("--backbone", default="mld", choices=["mld", "mdm"])
     mm.add_argument("--batch-size", type=int, default=8)
     mm.add_argument("--methods", default=",".join(METHODS))
-    mm.add_argument("--json", default=None)
+    mm.add_argument("--json", default=None, help="also write the rows and the machine here, and a plot beside")
     mm.add_argument("--device", default="auto")
     v = sub.add_parser("vanish", help="Figure 3: Jacobian norms along the base model's chain")
     v.add_argument("--backbone", default="mld", choices=["mld", "mdm"])

@@ -620,7 +620,7 @@ def main():
     e = scored(sub, "eval", "the Table-1 row of a generator on the test split (or --split val); 20 replications "
                "by default, T2M's protocol (the README's tables use 3 or 5)", replications=20)
     e.add_argument("--mm", action="store_true", help="also MultiModality (100 captions x 30 samples)")
-    e.add_argument("--json", help="write the rows here")
+    e.add_argument("--json", help="also write the rows and the machine here")
     c = scored(sub, "compare", "b vs a, item by item, with an interval over the split's source motions", generators=2)
     c.add_argument("--reward", default=None, help="also: where a's misses are that this reward (spl.py) cannot see")
     gn = sub.add_parser("grad-norm", help="Figure 3: Jacobian norms along the denoising chain")

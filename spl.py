@@ -448,7 +448,7 @@ def main(argv=None):
     b.add_argument("--samples", nargs="+", default=[], metavar="CKPT",
                    help="generator checkpoints whose full samples (same noise for each) get a row")
     b.add_argument("--device", default="auto")
-    b.add_argument("--json", default=None)
+    b.add_argument("--json", default=None, help="also write each reward's rows and the machine here")
     argv = sys.argv[1:] if argv is None else argv
     a = p.parse_args(argv)
     if a.cmd in ("pretrain", "spl"):
