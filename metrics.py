@@ -33,6 +33,7 @@ and training is ~600 steps (a minute on 2 cores); the evaluator normalises with 
 
 Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evaluator.pt   # [--resume]
       python metrics.py eval --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth
+          [--json rows.json [--resume]]      # 20 replications (T2M's); a stopped one goes on from rows.json.part
       python metrics.py grad-norm --generator runs/synth/mld.pt
       python metrics.py compare --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt \\
           --evaluator runs/synth/evaluator.pt --data data/synth [--reward runs/synth/reward.pt]
@@ -362,20 +363,56 @@ def evaluate_real(evaluator, root, replications=20, seed=0, device="cpu", split=
     return {k: confidence(v) for k, v in rows.items()}
 
 
-def evaluate(generator, evaluator, root, replications=20, seed=0, device="cpu", mm=False, steps=None, split="test"):
+def evaluate(generator, evaluator, root, replications=20, seed=0, device="cpu", mm=False, steps=None, split="test",
+             part=None):
     """Table-1 row of a generator: R-Precision, FID, MM-Dist, Diversity (and MultiModality), each
-    mean +/- 95% CI over replications; every replication re-draws captions, crops and noise."""
+    mean +/- 95% CI over replications; every replication re-draws captions, crops and noise.
+    part (path, settings): keep each finished replication's values there; a file already there (the caller
+    removes it unless resuming) must hold these settings, and its replications are not run again. Each
+    replication is seeded on its own (seed + r), so a resumed evaluation ends with the numbers of one never
+    stopped."""
     rows = defaultdict(list)
-    for r in tqdm(range(replications), desc="evaluate", mininterval=2):
+    if part and os.path.isfile(part[0]):
+        saved = load_part(*part)
+        rows.update({k: v[:replications] for k, v in saved.items()})
+    start = len(rows["R1"])
+    for r in tqdm(range(start, replications), desc="evaluate", mininterval=2, initial=start, total=replications):
         rng = np.random.default_rng(seed + r)
         text, real, (fake,) = embed_split(evaluator, root, split, seed + r, device, generators=[generator],
                                           gen_seed=seed * 1000 + r, steps=steps)
         (r1, r2, r3), mmd = r_precision(text, fake, rng)
         for k, v in zip(KEYS, [r1, r2, r3, fid(fake, real), mmd, diversity(fake, rng)]):
-            rows[k].append(v)
+            rows[k].append(float(v))
         if mm:
-            rows["MModality"].append(multimodality_of(generator, evaluator, root, rng, device, split, steps))
+            rows["MModality"].append(float(multimodality_of(generator, evaluator, root, rng, device, split, steps)))
+        if part:
+            common.atomic_write(part[0], json.dumps({"settings": part[1], "rows": rows}))
     return {k: confidence(v) for k, v in rows.items()}
+
+
+def identity(path):
+    """A file as a resumed evaluation must find it again: where it is, its size and when it was written."""
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def load_part(path, settings):
+    """The replications an evaluation stopped after, if it ran with these settings (else a CheckpointError)."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        diff = [f"{k}: saved {saved['settings'].get(k)!r}, asked {v!r}" for k, v in settings.items()
+                if saved["settings"].get(k) != v]
+        rows = {k: [float(x) for x in v] for k, v in saved["rows"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise common.CheckpointError(f"{path}: not an unfinished evaluation's file ({type(e).__name__}); "
+                                     "delete it, or drop --resume") from None
+    if diff:
+        more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise common.CheckpointError(f"{path}: --resume of an evaluation with other settings ({'; '.join(diff[:3])}"
+                                     f"{more}); give the saved values, or drop --resume to start over")
+    print(f"resumed {path} after {len(rows.get('R1', []))} replication(s)")
+    return rows
 
 
 @torch.no_grad()
@@ -620,7 +657,9 @@ def main():
     e = scored(sub, "eval", "the Table-1 row of a generator on the test split (or --split val); 20 replications "
                "by default, T2M's protocol (the README's tables use 3 or 5)", replications=20)
     e.add_argument("--mm", action="store_true", help="also MultiModality (100 captions x 30 samples)")
-    e.add_argument("--json", help="also write the rows and the machine here")
+    e.add_argument("--json", help="also write the rows and the machine here; finished replications are kept in "
+                   "JSON.part until the end")
+    e.add_argument("--resume", action="store_true", help="go on from JSON.part (a stopped eval's replications)")
     c = scored(sub, "compare", "b vs a, item by item, with an interval over the split's source motions", generators=2)
     c.add_argument("--reward", default=None, help="also: where a's misses are that this reward (spl.py) cannot see")
     gn = sub.add_parser("grad-norm", help="Figure 3: Jacobian norms along the denoising chain")
@@ -653,16 +692,27 @@ def main():
         common.output_path(cfg.out, "--out")
         train_evaluator(cfg)
     elif a.cmd == "eval":
+        if a.resume and not a.json:
+            raise common.InputError("--resume needs --json: a stopped eval's replications are kept in JSON.part")
         device = common.pick_device(a.device)
         (gen,), ev = loaded(a, device)
+        part = None
+        if a.json:                                 # what the saved replications must have been computed with
+            part = (f"{a.json}.part", {"generator": identity(a.generator), "evaluator": identity(a.evaluator),
+                                       "data": os.path.abspath(a.data), "split": a.split, "seed": a.seed, "mm": a.mm,
+                                       "machine": {**common.machine(device), "device": device.type}})
+            if not common.to_resume(part[0], a.resume) and os.path.isfile(part[0]):
+                os.remove(part[0])                                         # an old stopped eval's: not resumed
         t0 = time.time()
         rows = {"real": evaluate_real(ev, a.data, a.replications, a.seed, device, split=a.split),
-                "generator": evaluate(gen, ev, a.data, a.replications, a.seed, device, mm=a.mm, split=a.split)}
+                "generator": evaluate(gen, ev, a.data, a.replications, a.seed, device, mm=a.mm, split=a.split,
+                                      part=part)}
         for name, row in rows.items():
             print(f"{name:>10}: {format_row(row)}")
         print(f"({a.split} split, {a.replications} replications, {time.time() - t0:.0f}s)")
         if a.json:                                          # the machine: another CPU or GPU rounds otherwise
             common.atomic_write(a.json, json.dumps({**rows, "machine": common.machine(device)}, indent=1))
+            os.remove(part[0])
     elif a.cmd == "compare":
         device = common.pick_device(a.device)
         gens, ev = loaded(a, device)

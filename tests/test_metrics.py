@@ -339,6 +339,35 @@ def test_probe_rows_are_evaluates_and_an_identity_vae_reconstructs_the_real_row(
     assert rows["reconstruction"]["FID"]["mean"] < 1e-3
 
 
+@pytest.mark.filterwarnings("ignore:R-Precision over")
+def test_a_stopped_evaluation_resumes_with_the_numbers_of_one_never_stopped(build_tiny, tiny_evaluator, tiny_data,
+                                                                            tmp_path, monkeypatch, crash_on, capsys):
+    """`metrics.py eval --json F` keeps each finished replication in F.part; stopped in its third replication and
+    resumed, it runs only that one and ends with the row of an evaluation never stopped (each replication is
+    seeded on its own). A part of other settings is refused, and --resume without --json is said."""
+    gen, _ = build_tiny("mdm")
+    args = dict(replications=3, seed=3, device="cpu", steps=3)
+    whole = metrics.evaluate(gen, tiny_evaluator, tiny_data, **args)
+    part = (str(tmp_path / "rows.json.part"), {"generator": "g.pt:1:2", "seed": 3})
+    real = metrics.embed_split
+    monkeypatch.setattr(metrics, "embed_split", crash_on(real, 3))
+    with pytest.raises(KeyboardInterrupt):
+        metrics.evaluate(gen, tiny_evaluator, tiny_data, **args, part=part)
+    with open(part[0]) as f:
+        assert len(json.load(f)["rows"]["R1"]) == 2
+    calls = []
+    monkeypatch.setattr(metrics, "embed_split", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    assert metrics.evaluate(gen, tiny_evaluator, tiny_data, **args, part=part) == whole
+    assert calls == [5] and "after 2 replication(s)" in capsys.readouterr().out      # seed 3 + r for r = 2
+    with pytest.raises(common.CheckpointError, match=r"rows\.json\.part: --resume of an evaluation with other "
+                                                     r"settings \(seed: saved 3, asked 4\)"):
+        metrics.evaluate(gen, tiny_evaluator, tiny_data, **args, part=(part[0], {**part[1], "seed": 4}))
+    monkeypatch.setattr(sys, "argv", ["metrics.py", "eval", "--generator", "g", "--evaluator", "e", "--data", "d",
+                                      "--resume"])
+    with pytest.raises(common.InputError, match="--resume needs --json"):
+        metrics.main()
+
+
 def test_metrics_cli_refuses_empty_counts_before_any_work(tmp_path):
     """`eval --replications 0` printed empty rows (rc 0); now one line and exit 2, before a file is read."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -403,9 +432,12 @@ def test_a_held_out_folder_with_the_benchmarks_statistics_is_scored_and_unknown_
     assert "zorbs" in unknown and out.count(f"g.pt: {len(unknown)} of the {len(seen)} words") == 2
     assert "ev.pt: " in out and "zorb" in out.split("ev.pt: ")[1] and "zorbs" not in out.split("ev.pt: ")[1]
     rows_json = str(tmp_path / "rows.json")
+    with open(rows_json + ".part", "w") as f:
+        f.write("a stopped eval's, not resumed")                   # without --resume: dropped, not read
     monkeypatch.setattr(sys, "argv", ["metrics.py", "eval", "--generator", g, "--evaluator", ev_cfg.out, "--data",
                                       held, "--split", "val", "--replications", "1", "--json", rows_json])
     metrics.main()
+    assert not os.path.exists(rows_json + ".part")                  # a finished eval leaves no part
     out = capsys.readouterr().out
     with open(rows_json) as f:
         rows = json.load(f)
