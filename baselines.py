@@ -48,7 +48,7 @@ NOTE (choices and deviations):
 Run:  python baselines.py compare --backbone mld [--budget-min 2]       # Table 1 at equal wall clock [--resume]
       python baselines.py compare --backbone mld --trajectories 20       # ... at equal trajectories
       python baselines.py memory --steps 10,20,50,100 [--preset tiny] --json runs/memory.json
-      python baselines.py vanish --backbone mld                          # Figure 3 (base model)
+      python baselines.py vanish --backbone mld [--generator CKPT]       # Figure 3 (the base model's chain)
 """
 from __future__ import annotations
 
@@ -396,6 +396,46 @@ def memory(steps, preset="default", backbone="mld", batch_size=8, methods=METHOD
     return out
 
 
+# -----------------------------------------------------------------------------
+# Figure 3: Jacobians along the chain (Eq. 5's coefficients), the product DRaFT-style methods carry.
+#   NOTE (deviation): Figure 3's axis divides by dim(.) itself; sqrt(dim) makes a Frobenius norm an RMS gain
+#   (the identity scores 1), so the magnitudes here are not the paper's plot's (the shapes compare).
+
+
+def jacobian_norms(model, texts, lengths, steps=50, probes=8, seed=0):
+    """Along one sampled trajectory, for each step t (sampling order, first = pure noise):
+      step[t]    ||d pi(x_t) / d x_t||_F / sqrt(dim)          (the factor of one step)
+      product[t] ||d x_0 / d x_t||_F / sqrt(dim)              (Eq. 5's product from step t to the end)
+    with dim an item's real (unpadded) entries, averaged over items.
+    Frobenius norms are estimated with `probes` Gaussian vectors (Hutchinson: E||v^T J||^2 = ||J||_F^2),
+    the products by propagating each probe backwards through the chain with vector-Jacobian products."""
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    with torch.no_grad():
+        cond = model.condition(texts, lengths)
+        model.scheduler.set_timesteps(steps)
+        xs, x = [], model.init_noise(cond, g)
+        for t in model.scheduler.timesteps:
+            xs.append(x)
+            x, _ = model.denoise_step(x, t, cond, eta=0.0)
+
+    def vjp(i, v):
+        x_in = xs[i].detach().requires_grad_()
+        out, _ = model.denoise_step(x_in, model.scheduler.timesteps[i], cond, eta=0.0)
+        return torch.autograd.grad(out, x_in, v)[0]
+
+    n_real = model.mask_latent(torch.ones_like(xs[0]), cond).flatten(1).sum(1)     # (B,) real entries per item
+    step_sq, prod_sq = np.zeros(steps), np.zeros(steps)
+    for _ in range(probes):
+        v_chain = model.mask_latent(torch.randn(xs[0].shape, generator=g, device=model.device), cond)
+        for i in reversed(range(steps)):                                   # from the last step backwards
+            v = model.mask_latent(torch.randn(xs[0].shape, generator=g, device=model.device), cond)
+            step_sq[i] += ((vjp(i, v) ** 2).flatten(1).sum(1) / n_real).mean().item()
+            v_chain = vjp(i, v_chain)
+            prod_sq[i] += ((v_chain ** 2).flatten(1).sum(1) / n_real).mean().item()
+    return {"t": model.scheduler.timesteps.tolist(), "step": np.sqrt(step_sq / probes).tolist(),
+            "product": np.sqrt(prod_sq / probes).tolist()}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -411,7 +451,9 @@ def main():
     mm.add_argument("--device", default="auto")
     v = sub.add_parser("vanish", help="Figure 3: Jacobian norms along the base model's chain")
     v.add_argument("--backbone", default="mld", choices=["mld", "mdm"])
-    v.add_argument("--runs", default="runs/synth")
+    v.add_argument("--runs", default="runs/synth", help="reads <runs>/<backbone>.pt, writes vanish_<backbone>.json "
+                   "and .png there")
+    v.add_argument("--generator", default=None, help="another checkpoint to read (e.g. a tuned one)")
     v.add_argument("--steps", type=int, default=50)
     v.add_argument("--probes", type=int, default=4)
     v.add_argument("--device", default="auto")
@@ -440,15 +482,18 @@ def main():
                  "sampling steps T", "peak saved-tensor memory (MiB)", os.path.splitext(a.json)[0] + ".png", log=True)
     else:
         common.check_ranges(a, steps=(1, 999), probes=">= 1")
-        path = os.path.join(a.runs, f"{a.backbone}.pt")
         device = common.pick_device(a.device)
-        gen = models.load_generator(path, device)
-        res = metrics.jacobian_norms(gen, ["a person walks forward and then turns left"], [80], a.steps, a.probes)
+        gen = models.load_generator(a.generator or os.path.join(a.runs, f"{a.backbone}.pt"), device)
+        res = jacobian_norms(gen, ["a person walks forward and then turns left"], [80], a.steps, a.probes)
         print(f"{'i':>3} {'t':>4} {'|d pi/d x_t|':>13} {'|d x_0/d x_t| (Eq. 5)':>22}")
         for i, (t, s, pr) in enumerate(zip(res["t"], res["step"], res["product"])):
             print(f"{i:>3} {t:>4} {s:>13.4f} {pr:>22.4f}")
-        common.atomic_write(os.path.join(a.runs, f"vanish_{a.backbone}.json"),
-                            json.dumps({**res, "machine": common.machine(device)}, indent=1))
+        out = os.path.join(a.runs, f"vanish_{a.backbone}")
+        common.atomic_write(f"{out}.json", json.dumps({**res, "machine": common.machine(device)}, indent=1))
+        steps = list(range(a.steps))
+        plot({"per step |d pi / d x_t| / sqrt(d)": (steps, res["step"]),
+              "product to x_0 (Eq. 5)": (steps, res["product"])},
+             "denoising step (0 = pure noise)", "Jacobian norm / sqrt(d)", f"{out}.png")
 
 
 if __name__ == "__main__":

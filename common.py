@@ -12,7 +12,8 @@ common.py -- the plumbing every module shares, so each file keeps to its own con
   resuming     save_progress / load_progress (an unfinished run's state: weights, optimizer, generators),
                rng_state / set_rng_state (the global generators a loop draws from), check_resumable
                (--resume goes on only with the saved run's settings and kind of device)
-  devices      pick_device, cpu / machine (what a run's numbers were computed on), seed_everything
+  devices      pick_device, cpu / machine / digits_key (what a run's numbers were computed on), identity
+               (a file as a cache finds it again), seed_everything
 """
 from __future__ import annotations
 
@@ -82,6 +83,18 @@ def machine(device: torch.device) -> dict:
     so a run repeats to the last digit only on the same kind of machine."""
     return {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(), "cpu": cpu(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
+def digits_key(device: torch.device) -> dict:
+    """machine() with the device by its kind: what decides a computation's digits (cuda and cuda:1 of one
+    model draw the same numbers), for a cache or a resumed evaluation to check against."""
+    return {**machine(device), "device": device.type}
+
+
+def identity(path: str) -> str:
+    """A file as a cache or a resumed evaluation must find it again: where it is, its size, when it was written."""
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def seed_everything(seed: int):
@@ -305,13 +318,14 @@ def load_progress(path: str, kind: str, cfg, device: torch.device, model, opt) -
 
 
 def check_resumable(saved: dict, saved_device: str, cfg, path: str, device: torch.device, may_change=("resume", "device")):
-    """--resume continues a saved run only with its settings (those in may_change may differ) and on its kind
-    of device (a CPU generator's state cannot continue a CUDA one's draws); else a CheckpointError naming
-    each setting that differs."""
+    """--resume continues a saved run only with its settings (cfg: a config dataclass or a dict; those in
+    may_change may differ) and on its kind of device (a CPU generator's state cannot continue a CUDA one's
+    draws); else a CheckpointError naming each setting that differs."""
     if saved_device != device.type:
         raise CheckpointError(f"{path}: saved on {saved_device}, resuming on {device.type}: the noise draws cannot "
                               f"continue across kinds of device; --device {saved_device}, or drop --resume")
-    diff = [f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in dataclasses.asdict(cfg).items()
+    asked = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+    diff = [f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in asked.items()
             if k not in may_change and saved.get(k) != v]
     if diff:
         raise CheckpointError(f"{path}: --resume with settings other than the saved run's ({'; '.join(diff)}); "

@@ -529,11 +529,8 @@ def evaluate_cached(gen_path, ev, root, cfg, device, cache):
     """Test-split metrics of a checkpoint, cached by (file, size, mtime, replications, seed, steps, guidance,
     device kind, and the machine: a CUDA generator draws other noise than a CPU one, and another CPU, thread
     count, GPU model or torch rounds otherwise, so the rows of base and tuned come from one kind of machine)."""
-    st = os.stat(gen_path)
-    m = {**common.machine(device), "device": device.type}                # cuda and cuda:1 draw the same numbers
-    key = (f"{os.path.abspath(gen_path)}:{st.st_size}:{st.st_mtime_ns}:{cfg.replications}:{cfg.seed}:{cfg.sample_steps}"
-           f":{cfg.guidance}:{json.dumps(m, sort_keys=True)}")
-    #                                                                  guidance < 0: the scale saved in the checkpoint
+    key = (f"{common.identity(gen_path)}:{cfg.replications}:{cfg.seed}:{cfg.sample_steps}:{cfg.guidance}"
+           f":{json.dumps(common.digits_key(device), sort_keys=True)}")   # guidance < 0: the checkpoint's scale
     store = {}
     if os.path.isfile(cache):
         try:

@@ -1,6 +1,6 @@
 """
-metrics.py -- the yardstick: an independent T2M-style evaluator, the paper's metrics, memory and time
-meters, and the gradient analysis of the paper's Figure 3.
+metrics.py -- the yardstick: an independent T2M-style evaluator, the paper's metrics, and memory and time
+meters (Figure 3's Jacobian norms are in baselines.py, beside the comparisons they explain).
 
 Paper Sec. 5.1 and Table 1 report R-Precision top-1/2/3, FID, MM-Dist and Diversity computed with the
 T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that protocol:
@@ -22,10 +22,6 @@ T2M evaluator (Guo et al. 2022), plus peak memory. This file rebuilds that proto
   Meters      SavedTensorMeter: peak bytes of tensors autograd keeps for backward (parameters excluded,
               shared storage counted once, frees tracked), identical on every device; cuda_peak_mib()
               for the allocator's view on a GPU.
-  Figure 3    jacobian_norms(): along a T-step trajectory, ||d pi_theta / d x_t|| per step and the
-              running product of Eq. 5, both divided by sqrt(real entries) (so the identity scores 1).
-              NOTE (deviation): Figure 3's axis divides by dim(.) itself; sqrt(dim) makes a Frobenius
-              norm an RMS gain, so the magnitudes here are not the paper's plot's (the shapes compare).
 
 NOTE (deviations): word embeddings are learned here (T2M uses GloVe, a download); sizes are smaller
 and training is ~600 steps (a minute on 2 cores); the evaluator normalises with the dataset's Mean/Std
@@ -34,7 +30,6 @@ and training is ~600 steps (a minute on 2 cores); the evaluator normalises with 
 Run:  python metrics.py train-evaluator --data data/synth --out runs/synth/evaluator.pt   # [--resume]
       python metrics.py eval --generator runs/synth/mld.pt --evaluator runs/synth/evaluator.pt --data data/synth
           [--json rows.json [--resume]]      # 20 replications (T2M's); a stopped one goes on from rows.json.part
-      python metrics.py grad-norm --generator runs/synth/mld.pt
       python metrics.py compare --generator runs/synth/mld.pt runs/synth/easytune_mld/best.pt \\
           --evaluator runs/synth/evaluator.pt --data data/synth [--reward runs/synth/reward.pt]
 (diagnostics.py holds the diagnostics of the MLD result that are not in the paper: stats and probe.)
@@ -373,8 +368,7 @@ def evaluate(generator, evaluator, root, replications=20, seed=0, device="cpu", 
     stopped."""
     rows = defaultdict(list)
     if part and os.path.isfile(part[0]):
-        saved = load_part(*part)
-        rows.update({k: v[:replications] for k, v in saved.items()})
+        rows.update({k: v[:replications] for k, v in load_part(*part, device).items()})
     start = len(rows["R1"])
     for r in tqdm(range(start, replications), desc="evaluate", mininterval=2, initial=start, total=replications):
         rng = np.random.default_rng(seed + r)
@@ -386,32 +380,23 @@ def evaluate(generator, evaluator, root, replications=20, seed=0, device="cpu", 
         if mm:
             rows["MModality"].append(float(multimodality_of(generator, evaluator, root, rng, device, split, steps)))
         if part:
-            common.atomic_write(part[0], json.dumps({"settings": part[1], "rows": rows}))
+            common.atomic_write(part[0], json.dumps({"settings": part[1], "device_type": torch.device(device).type,
+                                                     "rows": rows}))
     return {k: confidence(v) for k, v in rows.items()}
 
 
-def identity(path):
-    """A file as a resumed evaluation must find it again: where it is, its size and when it was written."""
-    st = os.stat(path)
-    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def load_part(path, settings):
+def load_part(path, settings, device):
     """The replications an evaluation stopped after, if it ran with these settings (else a CheckpointError)."""
     try:
         with open(path) as f:
             saved = json.load(f)
-        diff = [f"{k}: saved {saved['settings'].get(k)!r}, asked {v!r}" for k, v in settings.items()
-                if saved["settings"].get(k) != v]
         rows = {k: [float(x) for x in v] for k, v in saved["rows"].items()}
+        settings_saved, device_saved = dict(saved["settings"]), str(saved["device_type"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise common.CheckpointError(f"{path}: not an unfinished evaluation's file ({type(e).__name__}); "
                                      "delete it, or drop --resume") from None
-    if diff:
-        more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
-        raise common.CheckpointError(f"{path}: --resume of an evaluation with other settings ({'; '.join(diff[:3])}"
-                                     f"{more}); give the saved values, or drop --resume to start over")
-    print(f"resumed {path} after {len(rows.get('R1', []))} replication(s)")
+    common.check_resumable(settings_saved, device_saved, settings, path, torch.device(device), may_change=())
+    print(f"resumed {path} after {len(rows['R1'])} replication(s)")
     return rows
 
 
@@ -583,44 +568,6 @@ def cuda_peak_mib(fn):
 
 
 # -----------------------------------------------------------------------------
-# Figure 3: Jacobians along the chain (Eq. 5's coefficients).
-
-
-def jacobian_norms(model, texts, lengths, steps=50, probes=8, seed=0):
-    """Along one sampled trajectory, for each step t (sampling order, first = pure noise):
-      step[t]    ||d pi(x_t) / d x_t||_F / sqrt(dim)          (the factor of one step)
-      product[t] ||d x_0 / d x_t||_F / sqrt(dim)              (Eq. 5's product from step t to the end)
-    with dim an item's real (unpadded) entries, averaged over items.
-    Frobenius norms are estimated with `probes` Gaussian vectors (Hutchinson: E||v^T J||^2 = ||J||_F^2),
-    the products by propagating each probe backwards through the chain with vector-Jacobian products."""
-    g = torch.Generator(device=model.device).manual_seed(seed)
-    with torch.no_grad():
-        cond = model.condition(texts, lengths)
-        model.scheduler.set_timesteps(steps)
-        xs, x = [], model.init_noise(cond, g)
-        for t in model.scheduler.timesteps:
-            xs.append(x)
-            x, _ = model.denoise_step(x, t, cond, eta=0.0)
-
-    def vjp(i, v):
-        x_in = xs[i].detach().requires_grad_()
-        out, _ = model.denoise_step(x_in, model.scheduler.timesteps[i], cond, eta=0.0)
-        return torch.autograd.grad(out, x_in, v)[0]
-
-    n_real = model.mask_latent(torch.ones_like(xs[0]), cond).flatten(1).sum(1)     # (B,) real entries per item
-    step_sq, prod_sq = np.zeros(steps), np.zeros(steps)
-    for _ in range(probes):
-        v_chain = model.mask_latent(torch.randn(xs[0].shape, generator=g, device=model.device), cond)
-        for i in reversed(range(steps)):                                   # from the last step backwards
-            v = model.mask_latent(torch.randn(xs[0].shape, generator=g, device=model.device), cond)
-            step_sq[i] += ((vjp(i, v) ** 2).flatten(1).sum(1) / n_real).mean().item()
-            v_chain = vjp(i, v_chain)
-            prod_sq[i] += ((v_chain ** 2).flatten(1).sum(1) / n_real).mean().item()
-    return {"t": model.scheduler.timesteps.tolist(), "step": np.sqrt(step_sq / probes).tolist(),
-            "product": np.sqrt(prod_sq / probes).tolist()}
-
-
-# -----------------------------------------------------------------------------
 
 
 def scored(sub, name, help, generators=1, replications=3):
@@ -662,27 +609,14 @@ def main():
     e.add_argument("--resume", action="store_true", help="go on from JSON.part (a stopped eval's replications)")
     c = scored(sub, "compare", "b vs a, item by item, with an interval over the split's source motions", generators=2)
     c.add_argument("--reward", default=None, help="also: where a's misses are that this reward (spl.py) cannot see")
-    gn = sub.add_parser("grad-norm", help="Figure 3: Jacobian norms along the denoising chain")
-    gn.add_argument("--generator", required=True)
-    gn.add_argument("--steps", type=int, default=50)
-    gn.add_argument("--probes", type=int, default=8)
-    gn.add_argument("--text", default="a person walks forward and then turns left")
-    gn.add_argument("--png", default=None, help="also draw the curves (needs matplotlib)")
-    gn.add_argument("--device", default="auto")
     argv = sys.argv[1:]
     a = p.parse_args(argv)
-    rules = {"replications": ">= 1", "steps": ">= 1", "probes": ">= 1",
+    rules = {"replications": ">= 1", "steps": ">= 1",
              "seed": ">= 0", "lr": "> 0", "margin": "> 0", "hidden": ">= 1", "word_dim": ">= 1", "out_dim": ">= 1",
              "ckpt_every": ">= 1"}
     common.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
-    if a.cmd == "grad-norm":
-        data.check_text(a.text)
-    for flag in ("json", "png"):
-        if getattr(a, flag, None):
-            common.output_path(getattr(a, flag), f"--{flag}", (f".{flag}",))
-    if getattr(a, "png", None):
-        from viz import _plt
-        _plt()                                               # matplotlib missing: said before the work, not after
+    if getattr(a, "json", None):
+        common.output_path(a.json, "--json", (".json",))
     if a.cmd == "train-evaluator":
         cfg = common.config_from_args(EvaluatorConfig, a)
         if cfg.preset not in EVALUATOR_PRESETS:
@@ -698,9 +632,10 @@ def main():
         (gen,), ev = loaded(a, device)
         part = None
         if a.json:                                 # what the saved replications must have been computed with
-            part = (f"{a.json}.part", {"generator": identity(a.generator), "evaluator": identity(a.evaluator),
-                                       "data": os.path.abspath(a.data), "split": a.split, "seed": a.seed, "mm": a.mm,
-                                       "machine": {**common.machine(device), "device": device.type}})
+            part = (f"{a.json}.part", {"generator": common.identity(a.generator),
+                                       "evaluator": common.identity(a.evaluator), "data": os.path.abspath(a.data),
+                                       "split": a.split, "seed": a.seed, "mm": a.mm,
+                                       "machine": common.digits_key(device)})
             if not common.to_resume(part[0], a.resume) and os.path.isfile(part[0]):
                 os.remove(part[0])                                         # an old stopped eval's: not resumed
         t0 = time.time()
@@ -734,24 +669,6 @@ def main():
             print(f"  of the {n['gap']} items where the evaluator retrieves the real motion but not a's sample, the"
                   f" reward retrieves a's sample in {n['gap, second retrieves a']}"
                   f" ({100 * n['gap, second retrieves a'] / max(n['gap'], 1):.0f}%)")
-    else:
-        import models
-        device = common.pick_device(a.device)
-        gen = models.load_generator(a.generator, device)
-        res = jacobian_norms(gen, [a.text], [80], a.steps, a.probes)
-        print(f"{'step':>4} {'t':>4} {'|dpi/dx_t|/sqrt(d)':>20} {'|prod|/sqrt(d)':>16}")
-        for i, (t_, s, pr) in enumerate(zip(res["t"], res["step"], res["product"])):
-            print(f"{i:>4} {t_:>4} {s:>20.4f} {pr:>16.4f}")
-        if a.png:
-            from viz import _plt
-            plt = _plt()
-            fig, ax = plt.subplots(figsize=(5, 3))
-            ax.plot(res["step"], label="per step |d pi / d x_t| / sqrt(d)")
-            ax.plot(res["product"], label="product to x_0 (Eq. 5)")
-            ax.set_xlabel("denoising step (0 = pure noise)")
-            ax.legend(fontsize=7)
-            fig.savefig(a.png, dpi=120, bbox_inches="tight")
-            print(f"wrote {a.png}")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,44 @@ def test_the_vanishing_benchmarks_json_holds_the_norms_and_the_machine(build_tin
     with open(tmp_path / "vanish_mdm.json") as f:
         got = json.load(f)
     assert len(got["product"]) == 4 and got["machine"] == common.machine(torch.device("cpu"))
+    monkeypatch.setattr("sys.argv", ["baselines.py", "vanish", "--runs", str(tmp_path), "--generator",
+                                     str(tmp_path / "tuned.pt")])                  # another checkpoint's chain
+    with pytest.raises(common.CheckpointError, match=r"tuned\.pt: checkpoint not found"):
+        baselines.main()
+
+
+def test_jacobian_norms_match_the_exact_jacobians_of_a_tiny_chain(build_tiny):
+    """Figure 3's estimator (Hutchinson + vector-Jacobian products) against full Jacobians by autograd."""
+    gen, _ = build_tiny("mld")
+    with torch.no_grad():
+        for p in gen.denoiser_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    text, lengths, T = ["a person waves the left hand"], [16], 3
+    res = baselines.jacobian_norms(gen, text, lengths, steps=T, probes=40, seed=0)
+    cond = gen.condition(text, lengths)
+    gen.scheduler.set_timesteps(T)
+    x = gen.init_noise(cond, torch.Generator().manual_seed(0))
+    steps, xs = [], []
+    for t in gen.scheduler.timesteps:
+        xs.append(x)
+        f = lambda z, t=t: gen.denoise_step(z, t, cond, eta=0.0)[0]   # noqa: E731
+        steps.append(torch.autograd.functional.jacobian(f, x).reshape(x.numel(), x.numel()))
+        x = f(x).detach()
+    dim = x.numel()
+    prod = torch.eye(dim)
+    for i in reversed(range(T)):
+        prod = prod @ steps[i]                                       # d x_0 / d x_t = J_{last} ... J_t (Eq. 5)
+        assert res["step"][i] == pytest.approx(steps[i].norm().item() / dim ** 0.5, rel=0.15)
+        assert res["product"][i] == pytest.approx(prod.norm().item() / dim ** 0.5, rel=0.15)
+
+
+def test_jacobian_norms_score_the_identity_one_whatever_the_padding(build_tiny, monkeypatch):
+    """The normalisation counts an item's real entries only: a chain of identities scores 1 per step and
+    for the product, with a 16-frame item padded to 40 frames beside it."""
+    gen, _ = build_tiny("mld")
+    monkeypatch.setattr(gen, "denoise_step", lambda x_t, t, cond, *a, **k: (x_t * 1.0, x_t))
+    res = baselines.jacobian_norms(gen, ["a person waves", "a person walks forward"], [16, 40], steps=3, probes=40)
+    assert res["step"] == pytest.approx([1.0] * 3, rel=0.05) and res["product"] == pytest.approx([1.0] * 3, rel=0.05)
 
 
 def test_every_method_shares_one_optimiser_without_the_kl_term():
