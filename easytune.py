@@ -76,7 +76,7 @@ class EasyTuneConfig:
     method: str = "step"             # step | chain (Algorithm 1)
     reward_input: str = "noisy"      # noisy | x0 (Eq. 12); for MLD, val preferred noisy (top-1 +12.3% vs +7.2%, lr 3e-6)
     reward_form: str = "similarity"  # similarity: Eq. 11 | contrastive: log p(c | x) among training captions
-    reward_model: str = ""           # empty: runs/<dataset>/reward.pt (SPL); or another spl.py reward; or several,
+    reward_model: str = ""           # empty: runs/<dataset>/reward.pt (SPL, built if missing); or (none built) a reward; or several,
                                      # comma-separated: their mean (spl.RewardEnsemble); or, as a diagnostic, a
                                      # second metrics.py evaluator (never the test one)
     train_steps: str = "all"         # all | last:K | first:K | random:K (drawn once per trajectory)
@@ -476,31 +476,43 @@ def prerequisites(cfg: EasyTuneConfig, device):
     step("evaluator", ev_cfg.out, lambda: metrics.train_evaluator(ev_cfg), checkpoint("evaluator"))
     r_cfg = dataclasses.replace(spl.RewardConfig(), data=root, out=os.path.join(run, "reward_pretrained.pt"),
                                 preset=preset, device=cfg.device, resume=True, **spl.PRESETS[preset])
-    step("reward (pretraining)", r_cfg.out, lambda: spl.train(r_cfg, "pretrain"), checkpoint("reward"))
     s_cfg = dataclasses.replace(r_cfg, init=r_cfg.out, out=os.path.join(run, "reward.pt"),
                                 **({} if tiny else spl.SPL_DEFAULTS))
-    step("reward (SPL)", s_cfg.out, lambda: spl.train(s_cfg, "spl"), checkpoint("reward"))
+    if not cfg.reward_model:                                              # --reward-model: R_phi is given
+        step("reward (pretraining)", r_cfg.out, lambda: spl.train(r_cfg, "pretrain"), checkpoint("reward"))
+        step("reward (SPL)", s_cfg.out, lambda: spl.train(s_cfg, "spl"), checkpoint("reward"))
     g_cfg = models.TrainConfig(data=root, out=os.path.join(run, f"{cfg.backbone}.pt"), backbone=cfg.backbone,
                                preset=preset, device=cfg.device, resume=True, **models.PRESETS[preset][1])
     step(f"{cfg.backbone} (pretraining)", g_cfg.out, lambda: models.train(g_cfg), checkpoint("generator"))
     return run, root, report
 
 
+def reward_kind(spec):
+    """'reward' or 'evaluator': what --reward-model names, read from the files (each must be a checkpoint of this
+    project; several, comma-separated, must all be spl.py rewards); resolve() asks before minutes of work."""
+    kinds = []
+    for path in spec.split(","):
+        if not path:
+            raise common.InputError(f"--reward-model {spec}: an empty name")
+        try:
+            kinds.append(common.load_checkpoint(path)["kind"])
+        except common.CheckpointError as e:
+            raise common.InputError(f"--reward-model {spec}: {e}") from None
+        if kinds[-1] not in ("reward", "evaluator"):
+            raise common.InputError(f"--reward-model {path}: a '{kinds[-1]}' checkpoint; expected a spl.py reward "
+                                  "or a metrics.py evaluator")
+    if len(kinds) > 1 and set(kinds) != {"reward"}:
+        raise common.InputError(f"--reward-model {spec}: an ensemble takes spl.py rewards only")
+    return kinds[0]
+
+
 def load_reward_model(path, test_evaluator, device):
     """R_phi: a spl.py reward; several, comma-separated, as their mean (spl.RewardEnsemble); or (a
     diagnostic) a metrics.py evaluator that is not the test evaluator (compared by weights, so a renamed
     copy is refused too): the evaluator that reports never trains."""
-    if "," in path:
-        for p in path.split(","):
-            if common.load_checkpoint(p)["kind"] != "reward":
-                raise common.InputError(f"--reward-model {p}: an ensemble takes spl.py rewards only")
-        return spl.RewardEnsemble([spl.load_reward(p, device) for p in path.split(",")])
-    kind = common.load_checkpoint(path)["kind"]
-    if kind == "reward":
-        return spl.load_reward(path, device)
-    if kind != "evaluator":
-        raise common.InputError(f"--reward-model {path}: a '{kind}' checkpoint; expected a spl.py reward "
-                              "or a metrics.py evaluator")
+    if reward_kind(path) == "reward":
+        rewards = [spl.load_reward(p, device) for p in path.split(",")]
+        return spl.RewardEnsemble(rewards) if len(rewards) > 1 else rewards[0]
     ev, test = metrics.load_evaluator(path, device), metrics.load_evaluator(test_evaluator, device)
     a, b = ev.state_dict(), test.state_dict()
     if a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a):
@@ -589,9 +601,6 @@ def run(cfg: EasyTuneConfig):
     reward = load_reward_model(cfg.reward_model or os.path.join(run_dir, "reward.pt"),
                                os.path.join(run_dir, "evaluator.pt"), device)
     check_reward_data(reward, gen, root, cfg.reward_model or os.path.join(run_dir, "reward.pt"))
-    is_ev = isinstance(reward, metrics.Evaluator)
-    if is_ev and cfg.reward_input != "x0":                                                  # before any work
-        raise common.InputError(f"--reward-model {cfg.reward_model}: an evaluator reads clean motion; add --reward-input x0")
     out_dir = os.path.join(run_dir, f"easytune_{tag}")                   # another reward: its own folder
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
@@ -657,9 +666,8 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
         raise common.InputError(f"--reward-input {cfg.reward_input!r}: x0 or noisy")
     if cfg.reward_form not in ("similarity", "contrastive"):
         raise common.InputError(f"--reward-form {cfg.reward_form!r}: similarity or contrastive")
-    for path in cfg.reward_model.split(",") if cfg.reward_model else []:              # before minutes of work
-        if not os.path.isfile(path):
-            raise common.InputError(f"--reward-model {cfg.reward_model}: {path or 'an empty name'}: checkpoint not found")
+    if cfg.reward_model and reward_kind(cfg.reward_model) == "evaluator" and cfg.reward_input != "x0":
+        raise common.InputError(f"--reward-model {cfg.reward_model}: an evaluator reads clean motion; add --reward-input x0")
     if not math.isfinite(cfg.guidance):
         raise common.InputError(f"--guidance {cfg.guidance}: must be finite (< 0: the backbone's own scale)")
     if given is None:

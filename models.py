@@ -721,6 +721,15 @@ def main():
         common.output_path(f"{stem}_joints.npy", "--out (its joints)")       # both checked before any work
         device = common.pick_device(a.device)
         model = load_generator(a.ckpt, device)
+        words, L = data.words(a.text), model.cfg.max_words
+        unknown = [w for w in words[:L] if w not in model.vocab.stoi]                 # each read as <unk>
+        if len(unknown) == len(words[:L]):        # <cls> and <unk> alone: no condition the model was trained on
+            raise common.InputError(f"--text {a.text!r}: none of its words is in {a.ckpt}'s vocabulary (its training "
+                                    f"captions' {len(model.vocab) - 3} words, e.g. {', '.join(model.vocab.itos[3:8])})")
+        notes = ([f"{', '.join(unknown)} not in the model's vocabulary, read as <unk>"] if unknown else []) + \
+                ([f"only the first {L} of its {len(words)} words are read"] if len(words) > L else [])
+        if notes:
+            print(f"warning: --text: {'; '.join(notes)}", file=sys.stderr)
         fps = data.skeleton_for_dims(int(model.mean.shape[0])).fps          # 20 (HumanML3D) or 12.5 (KIT-ML)
         frames = int(round(a.seconds * fps / model.cfg.patch)) * model.cfg.patch
         if not model.cfg.patch <= frames <= model.cfg.max_frames:

@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import shutil
 import types
 
@@ -629,6 +630,32 @@ def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path
     cfg = easytune.EasyTuneConfig(preset="tiny", runs=str(tmp_path), data=tiny_data)
     easytune.prerequisites(cfg, torch.device("cpu"))
     assert built == dict.fromkeys(["evaluator", "rewardpretrain", "rewardspl", "generator"], (True, "tiny"))
+    built.clear()                                                   # R_phi given: no reward of its own is built
+    easytune.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "own"), reward_model="r.pt"), torch.device("cpu"))
+    assert list(built) == ["evaluator", "generator"]
+
+
+def test_a_bad_reward_model_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """--reward-model is read when the command line is, not after minutes of prerequisites: a missing, corrupt
+    or foreign file, an ensemble with an evaluator, and an evaluator scoring noisy motion are refused (exit 2,
+    naming the flag and the file) and no run folder is made."""
+    paths = {n: str(tmp_path / f"{n}.pt") for n in ("bad", "gen", "ev", "r")}
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    for n, kind in (("gen", "generator"), ("ev", "evaluator"), ("r", "reward")):
+        torch.save({"kind": kind}, paths[n])
+    runs = str(tmp_path / "runs")
+    monkeypatch.setattr(easytune, "prerequisites", lambda *a: pytest.fail("the prerequisites were started"))
+    for spec, why in ((paths["bad"], r"bad\.pt: corrupt or truncated"), (str(tmp_path / "no.pt"), r"no\.pt: checkpoint not found"),
+                      (paths["gen"], r"gen\.pt: a 'generator' checkpoint; expected a spl\.py reward"),
+                      (f"{paths['r']},{paths['ev']}", "an ensemble takes spl.py rewards only"),
+                      (paths["r"] + ",", "an empty name"), (paths["ev"], "an evaluator reads clean motion; add --reward-input x0")):
+        monkeypatch.setattr("sys.argv", ["easytune.py", "--backbone", "mld", "--runs", runs, "--reward-model", spec])
+        with pytest.raises(SystemExit) as e:
+            common.cli(easytune.main)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: --reward-model ") and re.search(why, err), err
+    assert not os.path.exists(runs)
+    assert easytune.parse(["--reward-model", paths["ev"], "--reward-input", "x0"]).reward_model == paths["ev"]
 
 
 def test_prerequisites_are_reused_only_for_the_dataset_they_were_trained_on(tiny_data, tmp_path, monkeypatch):

@@ -308,3 +308,15 @@ def test_sample_checks_both_outputs_before_any_work(tiny_mld, tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "models.py"), "sample", "--ckpt", tiny_mld, "--text",
                         "a person walks", "--steps", "2", "--out", str(tmp_path / "q.npy")], capture_output=True, text=True)
     assert r.returncode == 2 and "q_joints.npy: is a folder" in r.stderr and not (tmp_path / "q.npy").exists()
+
+
+def test_sample_refuses_a_caption_of_unknown_words_and_names_those_it_reads_as_unk(tiny_mld, tmp_path):
+    """The text encoder's vocabulary is its training captions' words (no CLIP here): a caption with none of
+    them would be <cls><unk>, a condition never trained on, sampled silently; a few unknown words are named."""
+    cmd = [sys.executable, os.path.join(ROOT, "models.py"), "sample", "--ckpt", tiny_mld, "--steps", "2",
+           "--out", str(tmp_path / "q.npy"), "--text"]
+    r = subprocess.run(cmd + ["zzqx florbs"], capture_output=True, text=True)
+    assert r.returncode == 2 and "none of its words is in" in r.stderr and not (tmp_path / "q.npy").exists()
+    r = subprocess.run(cmd + ["a person zzqx walks"], capture_output=True, text=True)
+    assert r.returncode == 0 and "warning: --text: zzqx not in the model's vocabulary" in r.stderr, r.stderr
+    assert (tmp_path / "q.npy").exists()
