@@ -76,9 +76,10 @@ class EasyTuneConfig:
     method: str = "step"             # step | chain (Algorithm 1)
     reward_input: str = "noisy"      # noisy | x0 (Eq. 12); for MLD, val preferred noisy (top-1 +12.3% vs +7.2%, lr 3e-6)
     reward_form: str = "similarity"  # similarity: Eq. 11 | contrastive: log p(c | x) among training captions
-    reward_model: str = ""           # empty: runs/<dataset>/reward.pt (SPL, built if missing); or (none built) a reward; or several,
-                                     # comma-separated: their mean (spl.RewardEnsemble); or, as a diagnostic, a
-                                     # second metrics.py evaluator (never the test one)
+    reward_model: str = ""           # empty: runs/<dataset>/reward.pt (SPL, built if missing); or (none built)
+                                     # another spl.py reward; or several, comma-separated: their mean
+                                     # (spl.RewardEnsemble); or, as a diagnostic, a second metrics.py evaluator
+                                     # (never the test one)
     train_steps: str = "all"         # all | last:K | first:K | random:K (drawn once per trajectory)
     weighting: str = "uniform"       # uniform | increasing | decreasing (App. A.5)
     guidance: float = -1.0           # CFG scale kept during fine-tuning; < 0: the backbone's (7.5 / 2.5)
@@ -667,7 +668,8 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
     if cfg.reward_form not in ("similarity", "contrastive"):
         raise common.InputError(f"--reward-form {cfg.reward_form!r}: similarity or contrastive")
     if cfg.reward_model and reward_kind(cfg.reward_model) == "evaluator" and cfg.reward_input != "x0":
-        raise common.InputError(f"--reward-model {cfg.reward_model}: an evaluator reads clean motion; add --reward-input x0")
+        raise common.InputError(f"--reward-model {cfg.reward_model}: an evaluator reads clean motion; "
+                                "add --reward-input x0")
     if not math.isfinite(cfg.guidance):
         raise common.InputError(f"--guidance {cfg.guidance}: must be finite (< 0: the backbone's own scale)")
     if given is None:

@@ -631,7 +631,8 @@ def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path
     easytune.prerequisites(cfg, torch.device("cpu"))
     assert built == dict.fromkeys(["evaluator", "rewardpretrain", "rewardspl", "generator"], (True, "tiny"))
     built.clear()                                                   # R_phi given: no reward of its own is built
-    easytune.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "own"), reward_model="r.pt"), torch.device("cpu"))
+    easytune.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "own"), reward_model="r.pt"),
+                           torch.device("cpu"))
     assert list(built) == ["evaluator", "generator"]
 
 
@@ -645,10 +646,12 @@ def test_a_bad_reward_model_is_refused_before_any_work(tmp_path, monkeypatch, ca
         torch.save({"kind": kind}, paths[n])
     runs = str(tmp_path / "runs")
     monkeypatch.setattr(easytune, "prerequisites", lambda *a: pytest.fail("the prerequisites were started"))
-    for spec, why in ((paths["bad"], r"bad\.pt: corrupt or truncated"), (str(tmp_path / "no.pt"), r"no\.pt: checkpoint not found"),
+    for spec, why in ((paths["bad"], r"bad\.pt: corrupt or truncated"),
+                      (str(tmp_path / "no.pt"), r"no\.pt: checkpoint not found"),
                       (paths["gen"], r"gen\.pt: a 'generator' checkpoint; expected a spl\.py reward"),
                       (f"{paths['r']},{paths['ev']}", "an ensemble takes spl.py rewards only"),
-                      (paths["r"] + ",", "an empty name"), (paths["ev"], "an evaluator reads clean motion; add --reward-input x0")):
+                      (paths["r"] + ",", "an empty name"),
+                      (paths["ev"], "an evaluator reads clean motion; add --reward-input x0")):
         monkeypatch.setattr("sys.argv", ["easytune.py", "--backbone", "mld", "--runs", runs, "--reward-model", spec])
         with pytest.raises(SystemExit) as e:
             common.cli(easytune.main)
