@@ -453,7 +453,8 @@ def main():
     v.add_argument("--backbone", default="mld", choices=["mld", "mdm"])
     v.add_argument("--runs", default="runs/synth", help="reads <runs>/<backbone>.pt, writes vanish_<backbone>.json "
                    "and .png there")
-    v.add_argument("--generator", default=None, help="another checkpoint to read (e.g. a tuned one)")
+    v.add_argument("--generator", default=None, help="another checkpoint to read (e.g. a tuned one); writes "
+                   "<generator>_vanish.json and .png beside it")
     v.add_argument("--steps", type=int, default=50)
     v.add_argument("--probes", type=int, default=4)
     v.add_argument("--device", default="auto")
@@ -483,12 +484,13 @@ def main():
     else:
         common.check_ranges(a, steps=(1, 999), probes=">= 1")
         device = common.pick_device(a.device)
-        gen = models.load_generator(a.generator or os.path.join(a.runs, f"{a.backbone}.pt"), device)
+        path = a.generator or os.path.join(a.runs, f"{a.backbone}.pt")
+        out = f"{os.path.splitext(a.generator)[0]}_vanish" if a.generator else os.path.join(a.runs, f"vanish_{a.backbone}")
+        gen = models.load_generator(path, device)
         res = jacobian_norms(gen, ["a person walks forward and then turns left"], [80], a.steps, a.probes)
         print(f"{'i':>3} {'t':>4} {'|d pi/d x_t|':>13} {'|d x_0/d x_t| (Eq. 5)':>22}")
         for i, (t, s, pr) in enumerate(zip(res["t"], res["step"], res["product"])):
             print(f"{i:>3} {t:>4} {s:>13.4f} {pr:>22.4f}")
-        out = os.path.join(a.runs, f"vanish_{a.backbone}")
         common.atomic_write(f"{out}.json", json.dumps({**res, "machine": common.machine(device)}, indent=1))
         steps = list(range(a.steps))
         plot({"per step |d pi / d x_t| / sqrt(d)": (steps, res["step"]),

@@ -61,6 +61,7 @@ class Skeleton:
     fps: float
     min_len: int             # the real loaders keep clips with min_len <= T < 200
     foot_threshold: float    # squared displacement per frame below which a foot is in contact
+    metres: float = 1.0      # the joints' unit in metres (KIT-ML's are millimetres)
 
     @property
     def dims(self) -> int:
@@ -112,7 +113,7 @@ KIT = Skeleton(
                           [0, 0, 1], [0, 0, 1]], dtype=np.float64),
     feet_left=(19, 20), feet_right=(14, 15), face_joints=(11, 16, 5, 8),
     mirror_pairs=((5, 8), (6, 9), (7, 10), (11, 16), (12, 17), (13, 18), (14, 19), (15, 20)),
-    fps=12.5, min_len=24, foot_threshold=0.05)
+    fps=12.5, min_len=24, foot_threshold=0.05, metres=0.001)
 
 SKELETONS = {HUMANML3D.dims: HUMANML3D, KIT.dims: KIT}  # 263 -> HumanML3D, 251 -> KIT-ML
 MAX_LEN = 196       # max_motion_length of the real loaders (frames kept after unit cropping)

@@ -584,7 +584,7 @@ def render(base, tuned, path_dir, device):
             x = gen.sample([prompt], [80], generator=g)[0]
             clips.append(data.recover_from_ric((x * gen.std + gen.mean).cpu().numpy()))
         path = os.path.join(path_dir, f"{k}_{prompt.replace(' ', '_')}.gif")
-        viz.animate(clips, ["base", "EasyTune"], path)
+        viz.animate(clips, ["base", "EasyTune"], path, data.skeleton_for_dims(int(base.mean.shape[0])))
         paths.append(path)
     return paths
 

@@ -55,7 +55,7 @@ def _draw(ax, joints, t, skel, radius=1.5):
 def filmstrip(joints, path, title="", frames=8, skel=data.HUMANML3D):
     """`frames` evenly spaced poses of one clip in a row, saved as a PNG."""
     plt = _plt()
-    joints = np.asarray(joints)
+    joints = np.asarray(joints) * skel.metres                  # KIT-ML's millimetres -> metres
     fig = plt.figure(figsize=(2.2 * frames, 2.8))
     for k, t in enumerate(np.linspace(0, len(joints) - 1, frames).astype(int)):
         ax = fig.add_subplot(1, frames, k + 1, projection="3d")
@@ -70,7 +70,7 @@ def animate(clips, titles, path, skel=data.HUMANML3D, fps=None, stride=2):
     """Side-by-side animation of several (T, J, 3) clips (e.g. base vs tuned) as a GIF."""
     plt = _plt()
     from matplotlib.animation import FuncAnimation, PillowWriter
-    clips = [np.asarray(c) for c in clips]
+    clips = [np.asarray(c) * skel.metres for c in clips]       # KIT-ML's millimetres -> metres
     T = max(len(c) for c in clips)
     fig = plt.figure(figsize=(3 * len(clips), 3.2))
     axes = [fig.add_subplot(1, len(clips), i + 1, projection="3d") for i in range(len(clips))]

@@ -42,6 +42,39 @@ def tiny_data(tmp_path_factory):
     return out
 
 
+# KIT-ML joint k <- HumanML3D joint (or the mean of two): 11-15 right leg (hip, knee, ankle, mid-foot, toe),
+# 16-20 left leg, 0-4 root to head, 5-7 right arm, 8-10 left arm (data.KIT's chains and facing joints).
+T2M_OF_KIT = [0, 3, 6, 12, 15, 17, 19, 21, 16, 18, 20, 2, 5, 8, (8, 11), 11, 1, 4, 7, (7, 10), 10]
+
+
+@pytest.fixture(scope="session")
+def kit_data(tiny_data, tmp_path_factory):
+    """The tiny dataset in KIT-ML's format: its joints mapped onto KIT's 21-joint skeleton, in millimetres,
+    the 251-d features and Mean/Std made by data.py as HumanML3D's scripts make them (no KIT clip ships here)."""
+    import shutil
+
+    import numpy as np
+
+    import data
+    out = str(tmp_path_factory.mktemp("kit"))
+    for d in ("new_joint_vecs", "new_joints"):
+        os.makedirs(os.path.join(out, d))
+    shutil.copytree(os.path.join(tiny_data, "texts"), os.path.join(out, "texts"))
+    for f in ("train.txt", "val.txt", "test.txt", "all.txt"):
+        shutil.copy(os.path.join(tiny_data, f), os.path.join(out, f))
+    train = set(data.read_split(tiny_data, "train"))
+    feats = {}
+    for name in data.read_split(tiny_data, "all"):
+        j = np.load(os.path.join(tiny_data, "new_joints", f"{name}.npy"))
+        kit = np.stack([j[:, k] if isinstance(k, int) else j[:, list(k)].mean(1) for k in T2M_OF_KIT], 1) * 1000
+        feats[name], joints = data.features_from_joints(kit, data.KIT)
+        np.save(os.path.join(out, "new_joint_vecs", f"{name}.npy"), feats[name])
+        np.save(os.path.join(out, "new_joints", f"{name}.npy"), joints)
+    mean, std = data.mean_std([f for n, f in feats.items() if n in train], data.KIT.joints)
+    np.save(os.path.join(out, "Mean.npy"), mean), np.save(os.path.join(out, "Std.npy"), std)
+    return out
+
+
 @pytest.fixture(scope="session")
 def build_tiny(tiny_data):
     """Untrained tiny generator and reward on the tiny dataset's vocabulary (fast; for the maths tests)."""

@@ -10,6 +10,7 @@ import torch
 
 import baselines
 import common
+import data
 
 CAPS = ["a person waves the left hand", "a person jumps forward twice"]
 T = 12
@@ -165,9 +166,15 @@ def test_the_vanishing_benchmarks_json_holds_the_norms_and_the_machine(build_tin
         got = json.load(f)
     assert len(got["product"]) == 4 and got["machine"] == common.machine(torch.device("cpu"))
     monkeypatch.setattr("sys.argv", ["baselines.py", "vanish", "--runs", str(tmp_path), "--generator",
-                                     str(tmp_path / "tuned.pt")])                  # another checkpoint's chain
+                                     str(tmp_path / "tuned.pt"), "--steps", "4", "--probes", "1"])
     with pytest.raises(common.CheckpointError, match=r"tuned\.pt: checkpoint not found"):
         baselines.main()
+    base_json = (tmp_path / "vanish_mdm.json").read_bytes()
+    common.atomic_save(models.generator_checkpoint(gen), str(tmp_path / "tuned.pt"))
+    baselines.main()                                 # another checkpoint's chain: written beside it, the base's kept
+    with open(tmp_path / "tuned_vanish.json") as f:
+        assert len(json.load(f)["product"]) == 4
+    assert (tmp_path / "vanish_mdm.json").read_bytes() == base_json
 
 
 def test_jacobian_norms_match_the_exact_jacobians_of_a_tiny_chain(build_tiny):
@@ -305,3 +312,35 @@ def test_viz_names_a_clip_that_is_not_in_the_folder(tiny_data, tmp_path, monkeyp
     monkeypatch.setattr("sys.argv", ["viz.py", "--data", tiny_data, "--name", "999999", "--out", str(tmp_path / "v.png")])
     with pytest.raises(common.InputError, match=r"--name 999999: no clip .*new_joints/999999\.npy"):
         viz.main()
+
+
+def test_the_one_commands_gifs_draw_a_kit_ml_model_with_its_skeleton(kit_data, tmp_path, monkeypatch):
+    """A generator of 251-d features (KIT-ML) is drawn with KIT's 21-joint skeleton, not HumanML3D's 22."""
+    import sys
+    import types
+
+    import easytune
+    import models
+    import viz
+    torch.manual_seed(0)
+    gen = models.build_model(models.ModelConfig(backbone="mdm", **models.PRESETS["tiny"][0]),
+                             data.build_vocab(kit_data), 251).eval()
+    gen.mean, gen.std = (torch.tensor(a) for a in data.load_stats(kit_data))
+    gen.cfg = dataclasses.replace(gen.cfg, steps=2)
+    drawn = []
+    monkeypatch.setitem(sys.modules, "matplotlib", sys.modules.get("matplotlib", types.ModuleType("matplotlib")))
+    monkeypatch.setattr(viz, "animate", lambda clips, titles, path, skel=data.HUMANML3D: drawn.append((clips, skel)))
+    easytune.render(gen, gen, str(tmp_path / "gifs"), "cpu")
+    assert drawn and all(skel is data.KIT and clips[0].shape[1:] == (21, 3) for clips, skel in drawn)
+
+
+def test_viz_draws_kit_ml_millimetres_in_metres(kit_data, tmp_path, monkeypatch):
+    """KIT-ML's joints are millimetres: drawn as they are, the figure is 1000 times the axes' 1.5 m."""
+    pytest.importorskip("matplotlib")
+    import viz
+    drawn = []
+    monkeypatch.setattr(viz, "_draw", lambda ax, joints, t, skel, radius=1.5: drawn.append((np.abs(joints).max(), skel)))
+    name = data.read_split(kit_data, "test")[0]
+    monkeypatch.setattr("sys.argv", ["viz.py", "--data", kit_data, "--name", name, "--out", str(tmp_path / "k.png")])
+    viz.main()
+    assert drawn and all(skel is data.KIT and 1.0 < m < 5.0 for m, skel in drawn)
