@@ -484,8 +484,10 @@ def main():
     else:
         common.check_ranges(a, steps=(1, 999), probes=">= 1")
         device = common.pick_device(a.device)
-        path = a.generator or os.path.join(a.runs, f"{a.backbone}.pt")
-        out = f"{os.path.splitext(a.generator)[0]}_vanish" if a.generator else os.path.join(a.runs, f"vanish_{a.backbone}")
+        if a.generator:                                           # another checkpoint: its figures beside it
+            path, out = a.generator, f"{os.path.splitext(a.generator)[0]}_vanish"
+        else:
+            path, out = os.path.join(a.runs, f"{a.backbone}.pt"), os.path.join(a.runs, f"vanish_{a.backbone}")
         gen = models.load_generator(path, device)
         res = jacobian_norms(gen, ["a person walks forward and then turns left"], [80], a.steps, a.probes)
         print(f"{'i':>3} {'t':>4} {'|d pi/d x_t|':>13} {'|d x_0/d x_t| (Eq. 5)':>22}")

@@ -339,7 +339,8 @@ def test_viz_draws_kit_ml_millimetres_in_metres(kit_data, tmp_path, monkeypatch)
     pytest.importorskip("matplotlib")
     import viz
     drawn = []
-    monkeypatch.setattr(viz, "_draw", lambda ax, joints, t, skel, radius=1.5: drawn.append((np.abs(joints).max(), skel)))
+    monkeypatch.setattr(viz, "_draw", lambda ax, joints, t, skel, radius=1.5:
+                        drawn.append((np.abs(joints).max(), skel)))
     name = data.read_split(kit_data, "test")[0]
     monkeypatch.setattr("sys.argv", ["viz.py", "--data", kit_data, "--name", name, "--out", str(tmp_path / "k.png")])
     viz.main()
