@@ -260,7 +260,7 @@ def compare(ccfg: CompareConfig):
         if m not in METHODS:
             raise common.InputError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
     common.check_ranges(ccfg, budget_min="> 0", trajectories=">= 0", val_checks=">= 1", val_items=">= 1",
-                      drtune_k=">= 1", drtune_m=">= 1", replications=">= 1", seed=">= 0")
+                      drtune_k=">= 1", drtune_m=">= 1", replications=">= 1", seed=common.SEED)
     device = common.pick_device(ccfg.device)
     common.print_config(ccfg, "compare")
     et_cfg = easytune_config(ccfg)
@@ -488,6 +488,7 @@ def main():
             path, out = a.generator, f"{os.path.splitext(a.generator)[0]}_vanish"
         else:
             path, out = os.path.join(a.runs, f"{a.backbone}.pt"), os.path.join(a.runs, f"vanish_{a.backbone}")
+        common.output_path(f"{out}.json", "--generator" if a.generator else "--runs")
         gen = models.load_generator(path, device)
         res = jacobian_norms(gen, ["a person walks forward and then turns left"], [80], a.steps, a.probes)
         print(f"{'i':>3} {'t':>4} {'|d pi/d x_t|':>13} {'|d x_0/d x_t| (Eq. 5)':>22}")

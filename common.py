@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -40,6 +41,13 @@ class InputError(ValueError):
 
 class CheckpointError(InputError):
     """A checkpoint is missing, corrupt, truncated, or does not fit the model it is loaded into."""
+
+
+class ResumeMismatch(CheckpointError):
+    """A stopped run cannot go on with these settings or on this kind of device: `why`, then the way out."""
+    def __init__(self, path: str, why: str, fix: str):
+        super().__init__(f"{path}: {why}; {fix}")
+        self.path, self.why = path, why
 
 
 # -----------------------------------------------------------------------------
@@ -117,6 +125,9 @@ def add_config_args(parser: argparse.ArgumentParser, cfg_cls, skip=()):
                                 default=default, help=f"(default {default})")
 
 
+SEED = (0, 2**31 - 1)     # the seed flags' range: numpy's legacy seed takes < 2**32, and runs add offsets to it
+
+
 def check_ranges(cfg, **rules):
     """Each field against its rule, ">= 1", "> 0", ">= 0" or (lo, hi) inclusive, and finite; a field left
     None (an optional flag not given) passes. The first that fails is an InputError naming its flag, before
@@ -158,13 +169,36 @@ def config_from_args(cfg_cls, args, **override):
     return cfg_cls(**values)
 
 
-def output_path(path: str, flag: str, suffixes: tuple = ()) -> str:
-    """Check an output path before any work (not after it): not a folder, one of the suffixes if given;
-    its folder is made. -> path."""
+def writable(path: str, flag: str) -> str:
+    """Check, before any work, that path (a file or a folder, made or not) can be written: its nearest
+    existing ancestor is a folder this process can create a file in (not a file, not read-only). -> path."""
+    if not path:
+        raise InputError(f"{flag}: an empty path")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise InputError(f"{flag} {path}: cannot make its folder, {folder} is a file")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise InputError(f"{flag} {path}: {folder} cannot be written ({e.strerror})") from None
+    return path
+
+
+def output_path(path: str, flag: str, suffixes: tuple = (), kind: str | None = None) -> str:
+    """Check an output path before any work (not after it): not a folder, one of the suffixes if given,
+    writable; with `kind` (a checkpoint to be trained), a .pt that holds no other kind of checkpoint, so a
+    slip of --out never replaces a dataset file or another model. Its folder is made. -> path."""
     if os.path.isdir(path):
         raise InputError(f"{flag} {path}: is a folder, give a file name")
+    suffixes = (".pt",) if kind else suffixes
     if suffixes and not path.endswith(suffixes):
         raise InputError(f"{flag} {path}: must end in {' or '.join(suffixes)}")
+    writable(path, flag)
+    held = load_checkpoint(path)["kind"] if kind and os.path.exists(path) else kind
+    if held != kind:
+        raise InputError(f"{flag} {path}: holds a '{held}' checkpoint, not a {kind}; give another name")
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     except FileExistsError as e:                               # a file where a folder of the path should be
@@ -322,14 +356,14 @@ def check_resumable(saved: dict, saved_device: str, cfg, path: str, device: torc
     may_change may differ) and on its kind of device (a CPU generator's state cannot continue a CUDA one's
     draws); else a CheckpointError naming each setting that differs."""
     if saved_device != device.type:
-        raise CheckpointError(f"{path}: saved on {saved_device}, resuming on {device.type}: the noise draws cannot "
-                              f"continue across kinds of device; --device {saved_device}, or drop --resume")
+        raise ResumeMismatch(path, f"saved on {saved_device}, resuming on {device.type}: the noise draws cannot "
+                             "continue across kinds of device", f"--device {saved_device}, or drop --resume")
     asked = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
     diff = [f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in asked.items()
             if k not in may_change and saved.get(k) != v]
     if diff:
-        raise CheckpointError(f"{path}: --resume with settings other than the saved run's ({'; '.join(diff)}); "
-                              "give the saved values, or drop --resume to start over")
+        raise ResumeMismatch(path, f"--resume with settings other than the saved run's ({'; '.join(diff)})",
+                             "give the saved values, or drop --resume to start over")
 
 
 def cli(main):

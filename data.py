@@ -353,6 +353,8 @@ def parse_caption_line(line: str, where: str) -> tuple:
         raise DataError(f"{where}: start/end must be numbers (seconds), got {parts[2]!r} and {parts[3]!r}")
     start, end = (0.0 if math.isnan(v) else v for v in (start, end))    # T2M's loader: NaN reads as 0.0
     tokens = tokens.split()
+    if not tokens:                                    # the evaluator reads these (T2M's word/POS), not the caption
+        raise DataError(f"{where}: no word/POS tokens after the caption, got {line.strip()[:80]!r}")
     if any("/" not in t for t in tokens):
         raise DataError(f"{where}: tokens must be 'word/POS', got {parts[1][:60]!r}")
     if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < 0:
@@ -417,9 +419,13 @@ def read_text(path: str) -> list:
 def read_npy(path: str) -> np.ndarray:
     """A .npy array; a truncated or foreign file is a DataError naming it (not numpy's traceback)."""
     try:
-        return np.load(path)
+        x = np.load(path)
     except Exception as e:
         raise DataError(f"{path}: cannot read ({e})") from None
+    if not isinstance(x, np.ndarray):                         # np.load opens any zip: an .npz or a checkpoint
+        x.close()
+        raise DataError(f"{path}: a zip archive (an .npz or a .pt?), not a .npy array")
+    return x
 
 
 def read_split(root: str, split: str) -> list:
@@ -615,13 +621,21 @@ def check(root: str) -> dict:
             raise DataError(f"{os.path.join(root, sub)}: folder not found")
     summary = {"root": root, "dims": int(mean.shape[0]), "skeleton": skel.name, "splits": {}}
     lengths, n_caps, cap_words = [], 0, []
-    names_all = set(read_split(root, "all"))
+    names_all, seen = set(read_split(root, "all")), {}
     for split in ("train", "val", "test"):
         names = read_split(root, split)
+        where = os.path.join(root, split + ".txt")
         missing = sorted(set(names) - names_all)
         if missing:
-            raise DataError(f"{os.path.join(root, split + '.txt')}: {len(missing)} names not in all.txt, "
-                            f"e.g. {missing[0]}")
+            raise DataError(f"{where}: {len(missing)} names not in all.txt, e.g. {missing[0]}")
+        twice = sorted(n for n, k in Counter(names).items() if k > 1)
+        if twice:
+            raise DataError(f"{where}: {len(twice)} names listed twice, e.g. {twice[0]}")
+        for other, others in seen.items():                # a clip in two splits: test read in training
+            shared = sorted(set(names) & others)
+            if shared:
+                raise DataError(f"{where}: {len(shared)} names also in {other}.txt, e.g. {shared[0]}")
+        seen[split] = set(names)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds = MotionTextDataset(root, split)
@@ -686,7 +700,8 @@ def main():
         import synth
         if args.motions < 20:                                       # val holds 5%: one clip from 20 on
             raise common.InputError(f"--motions {args.motions}: need at least 20 clips, so that val (5%) holds one")
-        common.check_ranges(args, seed=">= 0")
+        common.check_ranges(args, seed=common.SEED)
+        common.writable(args.out, "--out")
         synth.write_dataset(args.out, args.motions, args.seed)
     summary = check(args.out if args.cmd == "synth" else args.data)
     for k, v in summary.items():

@@ -123,7 +123,7 @@ def main():
     pr = metrics.scored(sub, "probe", "real motions, the frozen VAE's reconstructions (MLD), samples, smoothed samples")
     pr.add_argument("--sigma", type=float, default=2.0, help="frames; the smoothing's Gaussian width")
     a = p.parse_args()
-    rules = {"replications": ">= 1", "sigma": "> 0", "items": ">= 1", "seed": ">= 0"}
+    rules = {"replications": ">= 1", "sigma": (0.01, 200.0), "items": ">= 1", "seed": common.SEED}
     common.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
     device = common.pick_device(a.device)
     if a.cmd == "probe":

@@ -49,11 +49,13 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -426,13 +428,15 @@ def merged(gen):
 
 
 def prerequisites(cfg: EasyTuneConfig, device):
-    """Each artefact cached under runs/<dataset>/, reported as built or reused."""
+    """Each artefact cached under runs/<dataset>[-tiny]/ (the preset's models apart), reported as built or
+    reused; the data, the batch sizes and a given --reward-model checked before the first build."""
     tiny = cfg.preset == "tiny"
-    name = os.path.basename(os.path.abspath(cfg.data)) if cfg.data else "synth-tiny" if tiny else "synth"
+    name = (os.path.basename(os.path.abspath(cfg.data)) if cfg.data else "synth") + ("-tiny" if tiny else "")
     if cfg.data and not os.path.isdir(cfg.data):
         raise common.InputError(f"--data {cfg.data}: folder not found")
     if os.path.exists(cfg.runs) and not os.path.isdir(cfg.runs):
         raise common.InputError(f"--runs {cfg.runs}: a file, not a folder")
+    common.writable(cfg.runs, "--runs")
     run = os.path.join(cfg.runs, name)                # made by the first artefact saved in it
     root = cfg.data or os.path.join(run, "data")
     report = {}
@@ -442,7 +446,11 @@ def prerequisites(cfg: EasyTuneConfig, device):
         if done(path):
             report[name] = "reused"
         else:
-            build()
+            try:
+                build()
+            except common.ResumeMismatch as e:              # the one command always resumes a stopped build
+                raise common.CheckpointError(f"[{name}] {e.path}: a stopped build of other settings, which this "
+                                             f"command resumes ({e.why}); remove {e.path} to build afresh") from None
             report[name] = f"built in {time.time() - t:.0f}s"
         print(f"[{name}] {report[name]}: {path}", flush=True)
 
@@ -474,16 +482,27 @@ def prerequisites(cfg: EasyTuneConfig, device):
     preset = "tiny" if tiny else "default"
     ev_cfg = metrics.EvaluatorConfig(data=root, out=os.path.join(run, "evaluator.pt"), preset=preset, device=cfg.device,
                                      resume=True, **metrics.EVALUATOR_PRESETS[preset])   # resume: a stopped build goes on
-    step("evaluator", ev_cfg.out, lambda: metrics.train_evaluator(ev_cfg), checkpoint("evaluator"))
     r_cfg = dataclasses.replace(spl.RewardConfig(), data=root, out=os.path.join(run, "reward_pretrained.pt"),
                                 preset=preset, device=cfg.device, resume=True, **spl.PRESETS[preset])
     s_cfg = dataclasses.replace(r_cfg, init=r_cfg.out, out=os.path.join(run, "reward.pt"),
                                 **({} if tiny else spl.SPL_DEFAULTS))
+    g_cfg = models.TrainConfig(data=root, out=os.path.join(run, f"{cfg.backbone}.pt"), backbone=cfg.backbone,
+                               preset=preset, device=cfg.device, resume=True, **models.PRESETS[preset][1])
+    with warnings.catch_warnings():                   # before any build (~1 s): each split usable, the batches fit
+        warnings.simplefilter("ignore")               # (skipped clips are reported by the builds' own loaders)
+        n, _, _ = (len(data.MotionTextDataset(root, split)) for split in ("train", "val", "test"))
+    for what, b in (("the evaluator's", ev_cfg.batch_size), ("the reward's", r_cfg.batch_size),
+                    ("SPL's", s_cfg.batch_size), (f"{cfg.backbone.upper()}'s", g_cfg.batch_size),
+                    ("fine-tuning's (--batch-size)", cfg.batch_size)):
+        if b > n:
+            raise common.InputError(f"--data {root}: {n} training items, fewer than {what} batch of {b}"
+                                    + ("" if tiny else " (--preset tiny trains with smaller ones)"))
+    for path in cfg.reward_model.split(",") if cfg.reward_model else []:      # R_phi given: of this dataset
+        checkpoint(reward_kind(path))(path)
+    step("evaluator", ev_cfg.out, lambda: metrics.train_evaluator(ev_cfg), checkpoint("evaluator"))
     if not cfg.reward_model:                                              # --reward-model: R_phi is given
         step("reward (pretraining)", r_cfg.out, lambda: spl.train(r_cfg, "pretrain"), checkpoint("reward"))
         step("reward (SPL)", s_cfg.out, lambda: spl.train(s_cfg, "spl"), checkpoint("reward"))
-    g_cfg = models.TrainConfig(data=root, out=os.path.join(run, f"{cfg.backbone}.pt"), backbone=cfg.backbone,
-                               preset=preset, device=cfg.device, resume=True, **models.PRESETS[preset][1])
     step(f"{cfg.backbone} (pretraining)", g_cfg.out, lambda: models.train(g_cfg), checkpoint("generator"))
     return run, root, report
 
@@ -505,6 +524,15 @@ def reward_kind(spec):
     if len(kinds) > 1 and set(kinds) != {"reward"}:
         raise common.InputError(f"--reward-model {spec}: an ensemble takes spl.py rewards only")
     return kinds[0]
+
+
+def reward_name(path, run_dir):
+    """A --reward-model file in the output folder's name: its stem if it lies in the run folder (reward_s8), else
+    the stem and a hash of where it is (reward@1a2b3c), so two folders' reward.pt never share an output folder."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(run_dir):
+        return stem
+    return f"{stem}@{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:6]}"
 
 
 def load_reward_model(path, test_evaluator, device):
@@ -595,7 +623,7 @@ def run(cfg: EasyTuneConfig):
     common.seed_everything(cfg.seed)
     common.print_config(cfg, "easytune")
     run_dir, root, report = prerequisites(cfg, device)
-    tag = cfg.backbone + ("-" + "+".join(os.path.splitext(os.path.basename(p))[0] for p in cfg.reward_model.split(","))
+    tag = cfg.backbone + ("-" + "+".join(reward_name(p, run_dir) for p in cfg.reward_model.split(","))
                           if cfg.reward_model else "")
     gen_path = os.path.join(run_dir, f"{cfg.backbone}.pt")
     gen = models.load_generator(gen_path, device)
@@ -679,7 +707,7 @@ def resolve(cfg: EasyTuneConfig, given=None) -> EasyTuneConfig:
     cfg = common.fill(cfg, fill, given)
     common.check_ranges(cfg, trajectories=">= 1", val_every=">= 1", patience=">= 1", replications=">= 1",
                       batch_size=">= 1", lr="> 0", clip="> 0", kl_weight=">= 0", lora_rank=">= 0",
-                      sample_steps=(1, 999), seed=">= 0")
+                      sample_steps=(1, 999), seed=common.SEED)
     trained_steps(cfg.train_steps, cfg.sample_steps, np.random.default_rng(0))          # validates the spec
     return cfg
 

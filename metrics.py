@@ -185,6 +185,7 @@ def train_evaluator(cfg: EvaluatorConfig) -> Evaluator:
     if not 2 <= cfg.batch_size <= len(train_set):                        # margin_loss shifts negatives in a batch
         raise common.InputError(f"--batch-size {cfg.batch_size}: must be in 2..{len(train_set)}, the training items "
                               f"of {cfg.data}")
+    data.MotionTextDataset(cfg.data, "val", deterministic=True)      # the val Real row at the end: read it now
     model = Evaluator(cfg, word_vocab(cfg.data), train_set.dims).to(device)
     model.mean.copy_(torch.tensor(train_set.mean)), model.std.copy_(torch.tensor(train_set.std))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -270,6 +271,8 @@ def r_precision(text, motion, rng, group=32, top_k=3):
 
 def fid(x, y, eps=1e-6):
     """Frechet distance between Gaussians fitted to two embedding sets (N, d), (M, d)."""
+    if min(len(x), len(y)) < 2:                                # a covariance needs two motions
+        raise common.InputError(f"FID: {len(x)} and {len(y)} motions; a split of fewer than 2 items has no covariance")
     mu1, mu2 = x.mean(0), y.mean(0)
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     covmean = scipy.linalg.sqrtm(s1.dot(s2))
@@ -612,7 +615,7 @@ def main():
     argv = sys.argv[1:]
     a = p.parse_args(argv)
     rules = {"replications": ">= 1", "steps": ">= 1",
-             "seed": ">= 0", "lr": "> 0", "margin": "> 0", "hidden": ">= 1", "word_dim": ">= 1", "out_dim": ">= 1",
+             "seed": common.SEED, "lr": "> 0", "margin": "> 0", "hidden": ">= 1", "word_dim": ">= 1", "out_dim": ">= 1",
              "ckpt_every": ">= 1"}
     common.check_ranges(a, **{k: rule for k, rule in rules.items() if hasattr(a, k)})  # before any work
     if getattr(a, "json", None):
@@ -623,7 +626,7 @@ def main():
             raise common.InputError(f"--preset {cfg.preset!r}: tiny or default")
         given = common.given_flags(t, argv[1:])                            # a flag given wins, even at its default
         cfg = common.fill(cfg, EVALUATOR_PRESETS[cfg.preset], given)
-        common.output_path(cfg.out, "--out")
+        common.output_path(cfg.out, "--out", kind="evaluator")
         train_evaluator(cfg)
     elif a.cmd == "eval":
         if a.resume and not a.json:

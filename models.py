@@ -542,6 +542,10 @@ def build_model(cfg: ModelConfig, vocab: data.Vocab, dims: int = 263) -> Backbon
 def load_generator(path: str, device="cpu") -> Backbone:
     """A pretrained (or fine-tuned) MLD / MDM from its checkpoint, in eval mode."""
     ck = common.load_checkpoint(path, "generator")
+    if not ck.get("done", True):                          # a stopped pretraining saves to its --out as it goes
+        raise common.CheckpointError(f"{path}: an unfinished pretraining (stopped before step {ck.get('step')} of "
+                                     f"stage {ck.get('stage')}); finish it with python models.py train --resume "
+                                     "and its flags")
     with common.entries(path):                            # only the reading: a bug in the model is not the file's
         cfg, vocab, dims, state = ModelConfig(**ck["model_config"]), data.Vocab(ck["vocab"]), int(ck["dims"]), ck["model"]
         mean, std = state["mean"], state["std"]
@@ -709,13 +713,13 @@ def main():
         given = common.given_flags(t, argv[1:])                            # a flag given wins, even at its default
         tc = common.fill(tc, PRESETS[tc.preset][1], given)
         common.check_ranges(tc, vae_steps=">= 0", steps=">= 1", batch_size=">= 1", lr="> 0", weight_decay=">= 0",
-                          eval_every=">= 1", ckpt_every=">= 1", seed=">= 0")
+                          eval_every=">= 1", ckpt_every=">= 1", seed=common.SEED)
         if not os.path.isdir(tc.data):
             raise common.InputError(f"--data {tc.data}: folder not found (make one with python data.py synth)")
-        common.output_path(tc.out, "--out")
+        common.output_path(tc.out, "--out", kind="generator")
         train(tc)
     else:
-        common.check_ranges(a, seconds="> 0", seed=">= 0", steps=">= 1", guidance=">= 0")
+        common.check_ranges(a, seconds="> 0", seed=common.SEED, steps=(1, 999), guidance=">= 0")
         data.check_text(a.text)
         stem = os.path.splitext(common.output_path(a.out, "--out", (".npy",)))[0]
         common.output_path(f"{stem}_joints.npy", "--out (its joints)")       # both checked before any work

@@ -626,7 +626,7 @@ def main():
     p = argparse.ArgumentParser(description="list the benchmark's motion primitives")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    common.check_ranges(a, seed=">= 0")
+    common.check_ranges(a, seed=common.SEED)
     rng = np.random.default_rng(a.seed)
     style = sample_style(rng)
     for prim in PRIMITIVES:

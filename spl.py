@@ -460,14 +460,18 @@ def main(argv=None):
         cfg = common.fill(cfg, over, given)
         if a.cmd == "spl" and not cfg.init:
             raise common.InputError("spl needs --init PATH, a reward from `spl.py pretrain`")
+        if a.cmd == "pretrain" and cfg.init:
+            raise common.InputError(f"--init {cfg.init}: pretrain starts from random weights; --init is spl's")
         common.check_ranges(cfg, d_model=">= 1", heads=">= 1", layers=">= 1", text_layers=">= 1", embed_dim=">= 1",
                           patch=">= 1", tau=(1.0, 100.0), p_noise=(0.0, 1.0), max_t=(0, 999), steps=">= 1",
-                          lr="> 0", spl_k=">= 1", spl_weight=">= 0", seed=">= 0", ckpt_every=">= 1")
+                          lr="> 0", spl_k=">= 1", spl_weight=">= 0", seed=common.SEED, ckpt_every=">= 1")
         if cfg.d_model % cfg.heads:
             raise common.InputError(f"--heads {cfg.heads}: must divide --d-model {cfg.d_model}")
         if data.UNIT_LENGTH % cfg.patch:                                  # clips are whole units of 4 frames
             raise common.InputError(f"--patch {cfg.patch}: must divide {data.UNIT_LENGTH}, the loader's unit of frames")
-        common.output_path(cfg.out, "--out")
+        common.output_path(cfg.out, "--out", kind="reward")
+        if cfg.init and os.path.abspath(cfg.init) == os.path.abspath(cfg.out):
+            raise common.InputError(f"--out {cfg.out}: the same file as --init; give another name")
         train(cfg, a.cmd)
     else:
         if a.json:

@@ -229,7 +229,7 @@ def main():
     p.add_argument("--show", type=int, default=3, help="how many clips (default 3)")
     p.add_argument("--seed", type=int, default=0, help="the dataset's seed")
     a = p.parse_args()
-    common.check_ranges(a, show=">= 1", seed=">= 0")
+    common.check_ranges(a, show=">= 1", seed=common.SEED)
     for i, s in enumerate(np.random.SeedSequence(a.seed).spawn(a.show)):
         clip = make_clip(np.random.default_rng(s))
         print(f"clip {i:06d}: {' + '.join(clip['primitives'])}, {len(clip['joints']) - 1} frames")

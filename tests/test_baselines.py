@@ -248,7 +248,7 @@ def test_an_interrupted_comparison_resumes_with_the_base_and_the_methods_it_fini
                             if steps is None else {**presets["tiny"], **steps})
     ccfg = baselines.CompareConfig(preset="tiny", runs=str(tmp_path), data=tiny_data, methods="easytune-step,refl-10",
                                    trajectories=1, val_checks=1, val_items=4, replications=1)
-    out = tmp_path / os.path.basename(tiny_data) / "compare" / "mld"
+    out = tmp_path / (os.path.basename(tiny_data) + "-tiny") / "compare" / "mld"      # the tiny preset: its own folder
     whole = baselines.compare(dataclasses.replace(ccfg, resume=True))      # nothing to resume yet: said, then afresh
     assert "--resume: no " + str(out / "results_traj.json.part") + " to resume" in capsys.readouterr().out
     whole_log = [json.loads(l) for l in open(out / "log.jsonl")]

@@ -36,3 +36,23 @@ def test_an_output_path_under_a_file_is_an_input_error(tmp_path):
     (tmp_path / "f").write_text("a file")
     with pytest.raises(common.InputError, match=r"--out .*f/x\.pt: cannot make its folder, .*f is a file"):
         common.output_path(str(tmp_path / "f" / "x.pt"), "--out")
+
+
+def test_an_output_is_checked_before_any_work_and_never_replaces_another_kind_of_file(tmp_path, monkeypatch):
+    """A trained model's --out is a .pt that holds nothing or a checkpoint of its own kind (a slip of --out must
+    not replace a dataset's Mean.npy or another model); a folder that cannot be written is said before training."""
+    with pytest.raises(common.InputError, match=r"--out .*Mean\.npy: must end in \.pt"):
+        common.output_path(str(tmp_path / "Mean.npy"), "--out", kind="generator")
+    torch.save({"kind": "evaluator"}, tmp_path / "ev.pt")
+    with pytest.raises(common.InputError, match=r"ev\.pt: holds a 'evaluator' checkpoint, not a generator"):
+        common.output_path(str(tmp_path / "ev.pt"), "--out", kind="generator")
+    assert common.output_path(str(tmp_path / "ev.pt"), "--out", kind="evaluator")    # retraining it: allowed
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(common.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(common.InputError, match=r"--runs .*new/r: .* cannot be written \(Read-only file system\)"):
+        common.writable(str(tmp_path / "new" / "r"), "--runs")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(common.InputError, match=r"--out: an empty path"):
+        common.writable("", "--out")

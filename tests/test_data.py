@@ -439,6 +439,30 @@ def test_short_clips_are_skipped_with_one_warning(tiny_data, tmp_path):
         data.MotionTextDataset(d, "test")
 
 
+def test_check_refuses_splits_that_share_clips_captions_without_tokens_and_zips_named_npy(tiny_data, tmp_path):
+    """A test clip also in train (HumanML3D's own train_val.txt had 3,766 such), a name listed twice, a caption
+    line whose word/POS field is empty (the evaluator reads those, not the caption) and an .npz or a checkpoint
+    under a .npy name: each refused by `data.py check`, naming the file."""
+    d = tmp_path / "d"
+    shutil.copytree(tiny_data, d)
+    train, test = (d / "train.txt").read_text(), (d / "test.txt").read_text()
+    (d / "train.txt").write_text(train + test)
+    with pytest.raises(data.DataError, match=r"test\.txt: 24 names also in train\.txt"):
+        data.check(str(d))
+    (d / "train.txt").write_text(train + train.splitlines()[0] + "\n")
+    with pytest.raises(data.DataError, match=r"train\.txt: 1 names listed twice"):
+        data.check(str(d))
+    (d / "train.txt").write_text(train)
+    with pytest.raises(data.DataError, match=r"x\.txt:1: no word/POS tokens"):
+        data.parse_caption_line("a person walks.##0.0#0.0", "x.txt:1")
+    name = data.read_split(str(d), "val")[0]
+    clip = d / "new_joint_vecs" / f"{name}.npy"
+    np.savez(clip.with_suffix(".npz"), x=np.load(clip))
+    (d / "new_joint_vecs" / f"{name}.npz").rename(clip)
+    with pytest.raises(data.DataError, match=rf"{name}\.npy: a zip archive \(an \.npz or a \.pt\?\), not a \.npy"):
+        data.check(str(d))
+
+
 def test_cli_errors_exit_2(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "check", "--data", str(tmp_path / "nope")],
                        capture_output=True, text=True)
@@ -448,7 +472,7 @@ def test_cli_errors_exit_2(tmp_path):
     assert r.returncode == 2 and "--motions 3" in r.stderr
     r = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "synth", "--out", str(tmp_path / "x"),
                         "--seed", "-1"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--seed -1: must be >= 0" in r.stderr and not (tmp_path / "x").exists()
+    assert r.returncode == 2 and "--seed -1: must be in 0..2147483647" in r.stderr and not (tmp_path / "x").exists()
 
 
 def test_caption_lines_round_trip_and_verbs_inflect_by_rule():

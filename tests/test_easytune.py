@@ -631,9 +631,48 @@ def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path
     easytune.prerequisites(cfg, torch.device("cpu"))
     assert built == dict.fromkeys(["evaluator", "rewardpretrain", "rewardspl", "generator"], (True, "tiny"))
     built.clear()                                                   # R_phi given: no reward of its own is built
-    easytune.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "own"), reward_model="r.pt"),
+    given = str(tmp_path / "r.pt")
+    torch.save({"kind": "reward", "model": {"mean": torch.tensor(data.load_stats(tiny_data)[0])},
+                "vocab": data.build_vocab(tiny_data).itos}, given)
+    easytune.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "own"), reward_model=given),
                            torch.device("cpu"))
     assert list(built) == ["evaluator", "generator"]
+
+
+def test_the_pipeline_checks_what_it_can_before_the_first_build(tiny_data, tmp_path, monkeypatch):
+    """Minutes of training must not come before an error a second's reading finds: a batch larger than the
+    training split (the default preset's SPL pool of 256 on a small folder), an empty split, a given reward of
+    another dataset; a stopped build of other settings names the file to remove (no --resume was typed); the
+    tiny preset's models live apart from the default's; two folders' reward.pt get two output folders."""
+    built = []
+    monkeypatch.setattr(easytune.metrics, "train_evaluator", lambda cfg: built.append("evaluator"))
+    cfg = easytune.EasyTuneConfig(runs=str(tmp_path / "runs"), data=tiny_data)
+    with pytest.raises(common.InputError, match=r"136 training items, fewer than SPL's batch of 256 \(--preset tiny"):
+        easytune.prerequisites(cfg, torch.device("cpu"))
+    d = tmp_path / "d"
+    shutil.copytree(tiny_data, d)
+    (d / "test.txt").write_text("")
+    with pytest.raises(data.DataError, match=r"test\.txt: split is empty"):
+        easytune.prerequisites(dataclasses.replace(cfg, preset="tiny", data=str(d)), torch.device("cpu"))
+    other = str(tmp_path / "other.pt")
+    torch.save({"kind": "reward", "model": {"mean": torch.tensor(data.load_stats(tiny_data)[0]) + 1},
+                "vocab": data.build_vocab(tiny_data).itos}, other)
+    with pytest.raises(common.InputError, match=r"other\.pt: trained on another dataset"):
+        easytune.prerequisites(dataclasses.replace(cfg, preset="tiny", reward_model=other), torch.device("cpu"))
+    assert built == []                                                          # nothing was trained for these
+
+    def stale(cfg):
+        raise common.ResumeMismatch(cfg.out + ".part", "--resume with settings other than the saved run's (x)", "y")
+    monkeypatch.setattr(easytune.metrics, "train_evaluator", stale)
+    tiny_run = re.escape(os.path.join(cfg.runs, os.path.basename(tiny_data) + "-tiny"))    # apart from the default's
+    with pytest.raises(common.CheckpointError, match=rf"\[evaluator\] {tiny_run}/evaluator\.pt\.part: a stopped build "
+                       r"of other settings.*remove .*evaluator\.pt\.part to build afresh"):
+        easytune.prerequisites(dataclasses.replace(cfg, preset="tiny"), torch.device("cpu"))
+    run_dir = str(tmp_path / "runs" / "synth")
+    a, b = easytune.reward_name(str(tmp_path / "a" / "reward.pt"), run_dir), \
+        easytune.reward_name(str(tmp_path / "b" / "reward.pt"), run_dir)
+    assert easytune.reward_name(os.path.join(run_dir, "reward_s8.pt"), run_dir) == "reward_s8"   # the README's names
+    assert a != b and a.startswith("reward@") and b.startswith("reward@")
 
 
 def test_a_bad_reward_model_is_refused_before_any_work(tmp_path, monkeypatch, capsys):

@@ -341,7 +341,7 @@ def test_metrics_cli_refuses_empty_counts_before_any_work(tmp_path):
             ("metrics.py", ["eval", "--generator", "g", "--evaluator", "e", "--data", "d", "--replications", "0"],
              "--replications 0: must be >= 1"),
             ("diagnostics.py", ["probe", "--generator", "g", "--evaluator", "e", "--data", "d", "--sigma", "0"],
-             "--sigma 0.0: must be > 0")):
+             "--sigma 0.0: must be in 0.01..200.0")):
         r = subprocess.run([sys.executable, os.path.join(here, script), *args], capture_output=True, text=True,
                            cwd=tmp_path)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
@@ -396,3 +396,10 @@ def test_a_held_out_folder_with_the_benchmarks_statistics_is_scored_and_unknown_
     np.save(os.path.join(held, "Mean.npy"), np.load(os.path.join(held, "Mean.npy")) + 1)
     with pytest.raises(common.InputError, match=r"g\.pt: trained on another dataset than .*held \(its Mean\.npy"):
         metrics.loaded(a, torch.device("cpu"))
+
+
+def test_fid_of_fewer_than_two_motions_is_an_input_error_not_a_sqrtm_failure():
+    """A split of one item has no covariance: said as such (scipy's sqrtm failed with 'Internal error -102')."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(common.InputError, match="FID: 1 and 8 motions"):
+        metrics.fid(rng.normal(size=(1, 4)), rng.normal(size=(8, 4)))

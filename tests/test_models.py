@@ -320,3 +320,13 @@ def test_sample_refuses_a_caption_of_unknown_words_and_names_those_it_reads_as_u
     r = subprocess.run(cmd + ["a person zzqx walks"], capture_output=True, text=True)
     assert r.returncode == 0 and "warning: --text: zzqx not in the model's vocabulary" in r.stderr, r.stderr
     assert (tmp_path / "q.npy").exists()
+
+
+def test_an_unfinished_pretraining_is_not_sampled_or_scored(tiny_mld, tmp_path):
+    """A stopped `models.py train` saves to its --out as it goes (done: False, for --resume); loading it to
+    sample or to score would report numbers of a model whose denoiser may never have trained."""
+    ck = common.load_checkpoint(tiny_mld, "generator")
+    common.atomic_save({**ck, "done": False, "stage": 0, "step": 20}, str(tmp_path / "stopped.pt"))
+    with pytest.raises(common.CheckpointError, match=r"stopped\.pt: an unfinished pretraining .*--resume"):
+        models.load_generator(str(tmp_path / "stopped.pt"))
+    assert models.load_generator(tiny_mld).cfg.backbone == "mld"                     # a finished one loads

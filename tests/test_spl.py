@@ -277,3 +277,17 @@ def test_the_bench_table_keeps_its_columns_under_a_long_checkpoint_name():
     row = {f"{p} {d} {c}": 12.5 for p in ("bs32", "all") for d in ("t2m", "m2t") for c in ("R@1", "R@2", "R@3", "R@5", "R@10")}
     lines = spl.format_bench({"clean": row, "samples of runs/synth/a_checkpoint_with_a_long_name.pt": row}).splitlines()
     assert len(lines) == 12 and len({len(ln) for ln in lines}) == 1
+
+
+def test_the_cli_refuses_an_out_that_is_the_init_and_an_init_that_pretrain_would_ignore(tiny_data, tmp_path,
+                                                                                      monkeypatch):
+    """`spl --init r.pt --out r.pt` would train over its own starting point; `pretrain --init` starts from random
+    weights whatever --init says (it used to be ignored in silence). Both refused before any work."""
+    r = str(tmp_path / "r.pt")
+    torch.save({"kind": "reward"}, r)
+    for cmd, why in ((["spl", "--init", r, "--out", r], r"--out .*r\.pt: the same file as --init"),
+                     (["pretrain", "--init", r, "--out", str(tmp_path / "p.pt")], r"--init .*r\.pt: pretrain starts")):
+        monkeypatch.setattr("sys.argv", ["spl.py", *cmd, "--data", tiny_data, "--preset", "tiny"])
+        with pytest.raises(common.InputError, match=why):
+            spl.main()
+    assert not (tmp_path / "p.pt").exists()
