@@ -57,9 +57,10 @@ def stats_table(generators, root, split="val", items=128, steps=50, seed=0, devi
     lengths, mask = b["lengths"].to(device), b["mask"].to(device)
     mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (ds.mean, ds.std))
     rows = {"real": motion_stats(b["motion"].to(device), mask)}
-    for path in generators:
-        gen = models.load_generator(path, device)
+    gens = {path: models.load_generator(path, device) for path in generators}  # all read before any sampling
+    for path, gen in gens.items():
         data.check_scored(root, split, path, gen.mean, gen.vocab.itos)           # it reads root's captions
+    for path, gen in gens.items():
         x = gen.sample(b["captions"], lengths, steps=steps, generator=torch.Generator(device=device).manual_seed(seed))
         rows[path] = motion_stats((x * gen.std + gen.mean - mean) / std * mask[..., None], mask)
     return rows, len(lengths)
