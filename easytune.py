@@ -462,15 +462,15 @@ def prerequisites(cfg: EasyTuneConfig, device):
 
     words = {}                                            # root's vocabularies, read once if something is reused
 
-    def checkpoint(kind):
+    def checkpoint(kind, cached=True):
         """Reused if it is a finished checkpoint of that kind (a truncated file is an error now) trained on root,
         by its statistics and its captions' vocabulary: the run folder is named after the data folder, so another
-        folder of the same name must not reuse it."""
+        folder of the same name must not reuse it (cached=False: a file the user gave, no such hint)."""
         def done(p):
             if not os.path.isfile(p):
                 return False
             ck = common.load_checkpoint(p, kind)
-            hint = f"; {run} is named after the data folder: another --runs keeps the two apart"
+            hint = f"; {run} is named after the data folder: another --runs keeps the two apart" if cached else ""
             key = "words" if kind == "evaluator" else "vocab"        # the evaluator's lemmas, the others' words
             if key not in words:
                 words[key] = metrics.word_vocab(root) if key == "words" else data.build_vocab(root).itos
@@ -498,7 +498,7 @@ def prerequisites(cfg: EasyTuneConfig, device):
             raise common.InputError(f"--data {root}: {n} training items, fewer than {what} batch of {b}"
                                     + ("" if tiny else " (--preset tiny trains with smaller ones)"))
     for path in cfg.reward_model.split(",") if cfg.reward_model else []:      # R_phi given: of this dataset
-        checkpoint(reward_kind(path))(path)
+        checkpoint(reward_kind(path), cached=False)(path)
     step("evaluator", ev_cfg.out, lambda: metrics.train_evaluator(ev_cfg), checkpoint("evaluator"))
     if not cfg.reward_model:                                              # --reward-model: R_phi is given
         step("reward (pretraining)", r_cfg.out, lambda: spl.train(r_cfg, "pretrain"), checkpoint("reward"))
