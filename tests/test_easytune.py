@@ -657,7 +657,8 @@ def test_the_pipeline_checks_what_it_can_before_the_first_build(tiny_data, tmp_p
     other = str(tmp_path / "other.pt")
     torch.save({"kind": "reward", "model": {"mean": torch.tensor(data.load_stats(tiny_data)[0]) + 1},
                 "vocab": data.build_vocab(tiny_data).itos}, other)
-    with pytest.raises(common.InputError, match=r"other\.pt: trained on another dataset than .*\(its Mean\.npy differs\)$"):
+    with pytest.raises(common.InputError, match=r"other\.pt: trained on another dataset than .*\(its Mean\.npy "
+                       r"differs\)$"):                                        # no hint: not a cached artefact
         easytune.prerequisites(dataclasses.replace(cfg, preset="tiny", reward_model=other), torch.device("cpu"))
     assert built == []                                                          # nothing was trained for these
 
