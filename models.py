@@ -597,7 +597,7 @@ def train(tc: TrainConfig) -> Backbone:
     stages = ([("vae", tc.vae_steps)] if mc.backbone == "mld" else []) + [("denoiser", tc.steps)]
     if mc.backbone == "mld" and tc.vae_steps == 0 and not tc.resume:
         print("warning: --vae-steps 0: the denoiser learns the latents of an untrained VAE (a timing run, not a model)")
-    start_stage, start_step, opt_state, log, data_rng = 0, 0, None, [], None
+    start_stage, start_step, opt_state, log, data_rng, elapsed = 0, 0, None, [], None, 0.0
     if common.to_resume(tc.out, tc.resume):
         ck = common.load_checkpoint(tc.out, "generator")
         if ck.get("train_config") is None:
@@ -611,6 +611,7 @@ def train(tc: TrainConfig) -> Backbone:
                                    device, may_change=("resume", "device", "eval_every", "ckpt_every"))  # the same batches
             common.load_state(model, ck["model"], tc.out)
             start_stage, start_step, opt_state, log = ck["stage"], ck["step"], ck["optimizer"], ck["log"]
+            elapsed = ck.get("elapsed", log[-1]["time_s"] if log else 0.0)    # the clock goes on, as spl's does
             torch.set_rng_state(ck["rng"])
             data_rng = ck.get("data_rng")                                 # crops and captions of the next batches
             if device.type == "cuda" and ck.get("cuda_rng") is not None:    # the draws that matter on a GPU
@@ -619,7 +620,7 @@ def train(tc: TrainConfig) -> Backbone:
     print(f"{mc.backbone}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
     common.print_config(mc, "model")
     common.print_config(tc, "train")
-    t0 = time.time()
+    t0 = time.time() - elapsed
     for si, (stage, n_steps) in enumerate(stages):
         if si < start_stage:
             continue
@@ -661,6 +662,7 @@ def train(tc: TrainConfig) -> Backbone:
                 nxt = (si + 1, 0) if last else (si, step + 1)
                 common.atomic_save(generator_checkpoint(model, tc, stage=nxt[0], step=nxt[1], optimizer=None if last
                                  else opt.state_dict(), rng=torch.get_rng_state(), log=log, done=done,
+                                 elapsed=time.time() - t0,
                                  data_rng=train_set.rng.bit_generator.state,
                                  cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None), tc.out)
         opt_state = None

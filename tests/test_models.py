@@ -289,6 +289,8 @@ def test_resume_continues_the_step_count_the_lr_schedule_and_the_batches(tiny_da
     models.train(dataclasses.replace(tc, resume=True))
     ck = common.load_checkpoint(out)
     assert ck["done"] and [e["step"] for e in ck["log"]] == [10, 20, 30, 40]
+    times = [e["time_s"] for e in ck["log"]]
+    assert times == sorted(times)                     # the clock goes on across the two resumes (time_s: the base's)
     models.train(dataclasses.replace(tc, out=str(tmp_path / "never_stopped.pt")))   # resumed mid-epoch twice,
     whole = common.load_checkpoint(str(tmp_path / "never_stopped.pt"))                # the same batches and crops:
     assert all(torch.equal(whole["model"][k], ck["model"][k]) for k in whole["model"])   # the same weights
