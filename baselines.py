@@ -71,6 +71,7 @@ import data
 import easytune
 import metrics
 import models
+import pipeline
 import spl
 
 METHODS = ["easytune-step", "easytune-chain", "draft-10", "draft-50", "refl-10", "refl-20", "alignprop", "drtune"]
@@ -264,7 +265,7 @@ def compare(ccfg: CompareConfig):
     device = common.pick_device(ccfg.device)
     common.print_config(ccfg, "compare")
     et_cfg = easytune_config(ccfg)
-    run_dir, root, _ = easytune.prerequisites(et_cfg, device)
+    run_dir, root, _ = pipeline.prerequisites(et_cfg, device)
     out = os.path.join(run_dir, "compare", ccfg.backbone)
     os.makedirs(out, exist_ok=True)
     base_path = os.path.join(run_dir, f"{ccfg.backbone}.pt")
@@ -353,7 +354,7 @@ def plot(series, xlabel, ylabel, png, log=False):
 
 def dummy_models(preset, backbone, device):
     """Untrained models of the preset's size (saved-tensor memory does not depend on the weights)."""
-    caps = easytune.PROMPTS
+    caps = pipeline.PROMPTS
     vocab = data.Vocab.build(caps)
     mp = models.PRESETS[preset][0]
     gen = models.build_model(models.ModelConfig(backbone=backbone, **models.BACKBONE_DEFAULTS[backbone], **mp),

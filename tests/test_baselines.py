@@ -319,8 +319,8 @@ def test_the_one_commands_gifs_draw_a_kit_ml_model_with_its_skeleton(kit_data, t
     import sys
     import types
 
-    import easytune
     import models
+    import pipeline
     import viz
     torch.manual_seed(0)
     gen = models.build_model(models.ModelConfig(backbone="mdm", **models.PRESETS["tiny"][0]),
@@ -330,7 +330,7 @@ def test_the_one_commands_gifs_draw_a_kit_ml_model_with_its_skeleton(kit_data, t
     drawn = []
     monkeypatch.setitem(sys.modules, "matplotlib", sys.modules.get("matplotlib", types.ModuleType("matplotlib")))
     monkeypatch.setattr(viz, "animate", lambda clips, titles, path, skel=data.HUMANML3D: drawn.append((clips, skel)))
-    easytune.render(gen, gen, str(tmp_path / "gifs"), "cpu")
+    pipeline.render(gen, gen, str(tmp_path / "gifs"), "cpu")
     assert drawn and all(skel is data.KIT and clips[0].shape[1:] == (21, 3) for clips, skel in drawn)
 
 

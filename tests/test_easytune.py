@@ -16,6 +16,7 @@ import common
 import data
 import easytune
 import metrics
+import pipeline
 
 CAPS = ["a person waves the left hand", "a person jumps forward twice"]
 LENGTHS = [16, 24]
@@ -481,11 +482,11 @@ def test_an_evaluator_as_the_reward_is_minus_its_distance_and_never_the_test_eva
     test_path, copy_path, other_path = (str(tmp_path / n) for n in ("evaluator.pt", "renamed.pt", "second.pt"))
     torch.save(ck, test_path), torch.save(ck, copy_path), torch.save(_evaluator(tiny_data, seed=1)[1], other_path)
     with pytest.raises(common.InputError, match="renamed.pt: this is the test evaluator"):
-        easytune.load_reward_model(copy_path, test_path, "cpu")
-    assert isinstance(easytune.load_reward_model(other_path, test_path, "cpu"), metrics.Evaluator)
+        pipeline.load_reward_model(copy_path, test_path, "cpu")
+    assert isinstance(pipeline.load_reward_model(other_path, test_path, "cpu"), metrics.Evaluator)
     torch.save({"kind": "generator"}, str(tmp_path / "gen.pt"))
     with pytest.raises(common.InputError, match="gen.pt: a 'generator' checkpoint"):
-        easytune.load_reward_model(str(tmp_path / "gen.pt"), test_path, "cpu")
+        pipeline.load_reward_model(str(tmp_path / "gen.pt"), test_path, "cpu")
 
 
 def test_a_reward_ensemble_is_the_mean_of_its_members(build_tiny, tiny_data, tmp_path):
@@ -498,7 +499,7 @@ def test_a_reward_ensemble_is_the_mean_of_its_members(build_tiny, tiny_data, tmp
                     "dims": int(r.mean.shape[0]), "model": r.state_dict()}
     a, b, ev, other = (str(tmp_path / n) for n in ("a.pt", "b.pt", "ev.pt", "other.pt"))
     torch.save(ck(r_a), a), torch.save(ck(r_b), b), torch.save(_evaluator(tiny_data, seed=1)[1], ev)
-    ens = easytune.load_reward_model(f"{a},{b}", str(tmp_path / "test_evaluator.pt"), "cpu")
+    ens = pipeline.load_reward_model(f"{a},{b}", str(tmp_path / "test_evaluator.pt"), "cpu")
     ds = data.MotionTextDataset(tiny_data, "val", deterministic=True)
     batch = data.collate([ds[i] for i in range(4)])
     x, ab = batch["motion"] * batch["mask"][..., None], torch.full((4,), 0.3)
@@ -507,20 +508,20 @@ def test_a_reward_ensemble_is_the_mean_of_its_members(build_tiny, tiny_data, tmp
     assert r.shape == (4,) and torch.allclose(r, (each[0] + each[1]) / 2, atol=1e-5)
     assert not torch.allclose(each[0], each[1], atol=1e-3)                  # two different members
     with pytest.raises(common.InputError, match="an ensemble takes spl.py rewards only"):
-        easytune.load_reward_model(f"{a},{ev}", str(tmp_path / "test_evaluator.pt"), "cpu")
+        pipeline.load_reward_model(f"{a},{ev}", str(tmp_path / "test_evaluator.pt"), "cpu")
     moved = ck(r_b)
     moved["model"] = {**moved["model"], "mean": moved["model"]["mean"] + 1}
     torch.save(moved, other)
     with pytest.raises(common.InputError, match="trained on one dataset"):
-        easytune.load_reward_model(f"{a},{other}", str(tmp_path / "test_evaluator.pt"), "cpu")
+        pipeline.load_reward_model(f"{a},{other}", str(tmp_path / "test_evaluator.pt"), "cpu")
     with pytest.raises(common.InputError, match="not an ensemble"):
         easytune.RewardFn(ens, gen, tiny_data, "contrastive")
-    easytune.check_reward_data(ens, gen, tiny_data, f"{a},{b}")              # trained on tiny_data, as gen is
+    pipeline.check_reward_data(ens, gen, tiny_data, f"{a},{b}")              # trained on tiny_data, as gen is
     with pytest.raises(common.InputError, match=r"other\.pt: trained on another dataset than .* \(its Mean\.npy"):
-        easytune.check_reward_data(easytune.load_reward_model(other, "unused", "cpu"), gen, tiny_data, other)
+        pipeline.check_reward_data(pipeline.load_reward_model(other, "unused", "cpu"), gen, tiny_data, other)
     r_a.vocab = data.Vocab(r_a.vocab.itos + ["zebra"])
     with pytest.raises(common.InputError, match=r"a\.pt: trained on another dataset than .* vocabulary differs"):
-        easytune.check_reward_data(r_a, gen, tiny_data, a)
+        pipeline.check_reward_data(r_a, gen, tiny_data, a)
 
 
 def test_a_stopped_run_stays_stopped_a_fresh_start_drops_the_old_last_pt_and_devices_do_not_mix(
@@ -569,32 +570,32 @@ def test_the_test_split_cache_keeps_rows_of_each_kind_of_device_apart(tmp_path, 
     file, seed, steps and guidance."""
     calls, gpu = [], ["H100"]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: gpu[0])    # no GPU here: a named one
-    monkeypatch.setattr(easytune.models, "load_generator", lambda path, device: types.SimpleNamespace(cfg=None))
-    monkeypatch.setattr(easytune.metrics, "evaluate",
+    monkeypatch.setattr(pipeline.models, "load_generator", lambda path, device: types.SimpleNamespace(cfg=None))
+    monkeypatch.setattr(pipeline.metrics, "evaluate",
                         lambda gen, ev, root, reps, seed, device, steps: calls.append(device.type) or {"R1": len(calls)})
     gen_path, cache = tmp_path / "g.pt", str(tmp_path / "cache.json")
     gen_path.write_bytes(b"weights")
     cfg = easytune.EasyTuneConfig()
-    rows = [easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device(d), cache)["R1"]
+    rows = [pipeline.evaluate_cached(str(gen_path), None, "data", cfg, torch.device(d), cache)["R1"]
             for d in ("cpu", "cpu", "cuda", "cpu", "cuda")]
     assert calls == ["cpu", "cuda"] and rows == [1, 1, 2, 1, 2]
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cuda:1"), cache)["R1"] == 2
+    assert pipeline.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cuda:1"), cache)["R1"] == 2
     gpu[0] = "A100"                                                   # another GPU model: evaluated again
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cuda"), cache)["R1"] == 3
+    assert pipeline.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cuda"), cache)["R1"] == 3
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "ANOTHER")
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 4
+    assert pipeline.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 4
     threads = torch.get_num_threads()
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 5
+    assert pipeline.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 5
     assert calls == ["cpu", "cuda", "cuda", "cpu", "cpu"]
     calls.clear()
     with open(cache, "w") as f:                                       # a damaged cache is a cache: rebuilt, not a crash
         f.write("garbage{")
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 1
+    assert pipeline.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 1
     assert calls == ["cpu"] and list(json.load(open(cache)).values())[0]["R1"] == 1
     with open(cache, "w") as f:                                       # JSON, but not this cache's: rebuilt too
         f.write("[]")
-    assert easytune.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 2
+    assert pipeline.evaluate_cached(str(gen_path), None, "data", cfg, torch.device("cpu"), cache)["R1"] == 2
 
 
 def test_the_table_names_the_machine_its_numbers_were_computed_on(capsys):
@@ -608,7 +609,7 @@ def test_the_table_names_the_machine_its_numbers_were_computed_on(capsys):
     row = {k: {"mean": 1.0, "ci": 0.0} for k in metrics.KEYS}
     result = {"real": row, "base": {**row, "peak_saved_mib": 0.0, "time_s": 1},
               "easytune": {**row, "peak_saved_mib": 1.0, "time_s": 1}, "guidance": 7.5, "machine": m}
-    easytune.print_table(result, easytune.EasyTuneConfig())
+    pipeline.print_table(result, easytune.EasyTuneConfig())
     assert (f"(mean ± 95% CI) on {m['cpu']}, {m['threads']} threads, torch {torch.__version__}:"
             in capsys.readouterr().out)
 
@@ -624,17 +625,17 @@ def test_the_pipeline_resumes_every_interrupted_prerequisite(tiny_data, tmp_path
             built[kind + "".join(mode)] = cfg.resume, cfg.preset
             common.atomic_save({"kind": kind, **({"done": True} if done else {})}, cfg.out)
         return build
-    monkeypatch.setattr(easytune.metrics, "train_evaluator", fake("evaluator"))
-    monkeypatch.setattr(easytune.spl, "train", fake("reward"))
-    monkeypatch.setattr(easytune.models, "train", fake("generator", done=True))
+    monkeypatch.setattr(pipeline.metrics, "train_evaluator", fake("evaluator"))
+    monkeypatch.setattr(pipeline.spl, "train", fake("reward"))
+    monkeypatch.setattr(pipeline.models, "train", fake("generator", done=True))
     cfg = easytune.EasyTuneConfig(preset="tiny", runs=str(tmp_path), data=tiny_data)
-    easytune.prerequisites(cfg, torch.device("cpu"))
+    pipeline.prerequisites(cfg, torch.device("cpu"))
     assert built == dict.fromkeys(["evaluator", "rewardpretrain", "rewardspl", "generator"], (True, "tiny"))
     built.clear()                                                   # R_phi given: no reward of its own is built
     given = str(tmp_path / "r.pt")
     torch.save({"kind": "reward", "model": {"mean": torch.tensor(data.load_stats(tiny_data)[0])},
                 "vocab": data.build_vocab(tiny_data).itos}, given)
-    easytune.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "own"), reward_model=given),
+    pipeline.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "own"), reward_model=given),
                            torch.device("cpu"))
     assert list(built) == ["evaluator", "generator"]
 
@@ -645,34 +646,34 @@ def test_the_pipeline_checks_what_it_can_before_the_first_build(tiny_data, tmp_p
     another dataset; a stopped build of other settings names the file to remove (no --resume was typed); the
     tiny preset's models live apart from the default's; two folders' reward.pt get two output folders."""
     built = []
-    monkeypatch.setattr(easytune.metrics, "train_evaluator", lambda cfg: built.append("evaluator"))
+    monkeypatch.setattr(pipeline.metrics, "train_evaluator", lambda cfg: built.append("evaluator"))
     cfg = easytune.EasyTuneConfig(runs=str(tmp_path / "runs"), data=tiny_data)
     with pytest.raises(common.InputError, match=r"136 training items, fewer than SPL's batch of 256 \(--preset tiny"):
-        easytune.prerequisites(cfg, torch.device("cpu"))
+        pipeline.prerequisites(cfg, torch.device("cpu"))
     d = tmp_path / "d"
     shutil.copytree(tiny_data, d)
     (d / "test.txt").write_text("")
     with pytest.raises(data.DataError, match=r"test\.txt: split is empty"):
-        easytune.prerequisites(dataclasses.replace(cfg, preset="tiny", data=str(d)), torch.device("cpu"))
+        pipeline.prerequisites(dataclasses.replace(cfg, preset="tiny", data=str(d)), torch.device("cpu"))
     other = str(tmp_path / "other.pt")
     torch.save({"kind": "reward", "model": {"mean": torch.tensor(data.load_stats(tiny_data)[0]) + 1},
                 "vocab": data.build_vocab(tiny_data).itos}, other)
     with pytest.raises(common.InputError, match=r"other\.pt: trained on another dataset than .*\(its Mean\.npy "
                        r"differs\)$"):                                        # no hint: not a cached artefact
-        easytune.prerequisites(dataclasses.replace(cfg, preset="tiny", reward_model=other), torch.device("cpu"))
+        pipeline.prerequisites(dataclasses.replace(cfg, preset="tiny", reward_model=other), torch.device("cpu"))
     assert built == []                                                          # nothing was trained for these
 
     def stale(cfg):
         raise common.ResumeMismatch(cfg.out + ".part", "--resume with settings other than the saved run's (x)", "y")
-    monkeypatch.setattr(easytune.metrics, "train_evaluator", stale)
+    monkeypatch.setattr(pipeline.metrics, "train_evaluator", stale)
     tiny_run = re.escape(os.path.join(cfg.runs, os.path.basename(tiny_data) + "-tiny"))    # apart from the default's
     with pytest.raises(common.CheckpointError, match=rf"\[evaluator\] {tiny_run}/evaluator\.pt\.part: a stopped build "
                        r"of other settings.*remove .*evaluator\.pt\.part to build afresh"):
-        easytune.prerequisites(dataclasses.replace(cfg, preset="tiny"), torch.device("cpu"))
+        pipeline.prerequisites(dataclasses.replace(cfg, preset="tiny"), torch.device("cpu"))
     run_dir = str(tmp_path / "runs" / "synth")
-    a, b = easytune.reward_name(str(tmp_path / "a" / "reward.pt"), run_dir), \
-        easytune.reward_name(str(tmp_path / "b" / "reward.pt"), run_dir)
-    assert easytune.reward_name(os.path.join(run_dir, "reward_s8.pt"), run_dir) == "reward_s8"   # the README's names
+    a, b = pipeline.reward_name(str(tmp_path / "a" / "reward.pt"), run_dir), \
+        pipeline.reward_name(str(tmp_path / "b" / "reward.pt"), run_dir)
+    assert pipeline.reward_name(os.path.join(run_dir, "reward_s8.pt"), run_dir) == "reward_s8"   # the README's names
     assert a != b and a.startswith("reward@") and b.startswith("reward@")
 
 
@@ -685,7 +686,7 @@ def test_a_bad_reward_model_is_refused_before_any_work(tmp_path, monkeypatch, ca
     for n, kind in (("gen", "generator"), ("ev", "evaluator"), ("r", "reward")):
         torch.save({"kind": kind}, paths[n])
     runs = str(tmp_path / "runs")
-    monkeypatch.setattr(easytune, "prerequisites", lambda *a: pytest.fail("the prerequisites were started"))
+    monkeypatch.setattr(pipeline, "prerequisites", lambda *a: pytest.fail("the prerequisites were started"))
     for spec, why in ((paths["bad"], r"bad\.pt: corrupt or truncated"),
                       (str(tmp_path / "no.pt"), r"no\.pt: checkpoint not found"),
                       (paths["gen"], r"gen\.pt: a 'generator' checkpoint; expected a spl\.py reward"),
@@ -712,31 +713,46 @@ def test_prerequisites_are_reused_only_for_the_dataset_they_were_trained_on(tiny
             common.atomic_save({"kind": kind, "done": True, "model": {"mean": torch.tensor(data.load_stats(cfg.data)[0])},
                                 "vocab": data.build_vocab(cfg.data).itos, "words": metrics.word_vocab(cfg.data)}, cfg.out)
         return build
-    monkeypatch.setattr(easytune.metrics, "train_evaluator", fake("evaluator"))
-    monkeypatch.setattr(easytune.spl, "train", fake("reward"))
-    monkeypatch.setattr(easytune.models, "train", fake("generator"))
+    monkeypatch.setattr(pipeline.metrics, "train_evaluator", fake("evaluator"))
+    monkeypatch.setattr(pipeline.spl, "train", fake("reward"))
+    monkeypatch.setattr(pipeline.models, "train", fake("generator"))
     a, b = tmp_path / "a" / "d", tmp_path / "b" / "d"
     shutil.copytree(tiny_data, a)
     shutil.copytree(tiny_data, b)
     np.save(b / "Mean.npy", np.load(b / "Mean.npy") + 0.5)
     cfg = easytune.EasyTuneConfig(preset="tiny", runs=str(tmp_path / "runs"), data=str(a))
     for _ in range(2):
-        _, _, report = easytune.prerequisites(cfg, torch.device("cpu"))
+        _, _, report = pipeline.prerequisites(cfg, torch.device("cpu"))
     assert len(built) == 4 and set(report.values()) == {"reused"}                 # built once, then reused
     with pytest.raises(common.InputError, match=r"evaluator\.pt: trained on another dataset than .*b/d .*another --runs"):
-        easytune.prerequisites(dataclasses.replace(cfg, data=str(b)), torch.device("cpu"))
+        pipeline.prerequisites(dataclasses.replace(cfg, data=str(b)), torch.device("cpu"))
     (tmp_path / "f").write_text("a file")
     with pytest.raises(common.InputError, match=r"--runs .*f: a file, not a folder"):
-        easytune.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "f")), torch.device("cpu"))
+        pipeline.prerequisites(dataclasses.replace(cfg, runs=str(tmp_path / "f")), torch.device("cpu"))
     c = tmp_path / "c" / "d"                                          # the same statistics, other captions
     shutil.copytree(tiny_data, c)
     with open(c / "texts" / f"{data.read_split(str(c), 'train')[0]}.txt", "a") as f:
         f.write("a zebra walks#a/DET zebra/NOUN walk/VERB#0.0#0.0\n")
     with pytest.raises(common.InputError, match=r"evaluator\.pt: .*c/d \(its captions' vocabulary differs\)"):
-        easytune.prerequisites(dataclasses.replace(cfg, data=str(c)), torch.device("cpu"))
+        pipeline.prerequisites(dataclasses.replace(cfg, data=str(c)), torch.device("cpu"))
     assert len(built) == 4
     (b / "Mean.npy").unlink()                                   # a bad folder: its own error, no hint, no empty folder
     for runs in (cfg.runs, str(tmp_path / "runs2")):
         with pytest.raises(data.DataError, match="Mean.npy: normalisation statistics not found$"):
-            easytune.prerequisites(dataclasses.replace(cfg, data=str(b), runs=runs), torch.device("cpu"))
+            pipeline.prerequisites(dataclasses.replace(cfg, data=str(b), runs=runs), torch.device("cpu"))
     assert not (tmp_path / "runs2").exists()
+
+
+@pytest.mark.filterwarnings("ignore:R-Precision over")
+def test_the_one_command_writes_results_json_in_the_issues_shape(tiny_data, tmp_path, monkeypatch):
+    """`python easytune.py` end to end at tiny sizes (the GIFs left to their own test): results.json holds the
+    base and easytune rows, each metric as {mean, ci} with the peak memory and time, and the config."""
+    monkeypatch.setattr(pipeline, "render", lambda *a: [])
+    cfg = easytune.resolve(easytune.EasyTuneConfig(preset="tiny", runs=str(tmp_path), data=tiny_data))
+    pipeline.run(cfg)
+    with open(tmp_path / (os.path.basename(tiny_data) + "-tiny") / "results.json") as f:
+        got = json.load(f)
+    for row in ("base", "easytune"):
+        assert all(set(got[row][k]) == {"mean", "ci"} for k in ("R1", "R2", "R3", "FID", "MMDist", "Diversity"))
+        assert {"peak_saved_mib", "time_s"} <= set(got[row])
+    assert got["config"] == dataclasses.asdict(cfg) and got["finetune"]["updates"] > 0 and got["machine"]
